@@ -1,0 +1,16 @@
+"""Pre-train (or continue training) a T5 model from a YAML recipe.
+
+    composer recipes/train.py yamls/pt_base.yaml [key=value ...]
+    composer -n 8 recipes/train.py yamls/pt_base.yaml optimizer.lr=0.01 run_name=x
+    python recipes/train.py yamls/demo.yaml          # one process, no launcher needed
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from t5composer.cli import train_main  # noqa: E402
+
+if __name__ == '__main__':
+    sys.exit(train_main(sys.argv[1:]))

@@ -1,0 +1,104 @@
+"""Print nanoT5's training line so runs can be compared with the reference at a glance.
+
+``[train] Step 100 out of 65536 | Loss --> 59.881 | Grad_l2 --> 61.126 | Weights_l2 --> 7042.931 | Lr --> 0.010 | Seconds_per_step --> 1.385 |``
+
+Loss, gradient norm and seconds per step are averages over the window since the last line;
+the gradient norm is taken before clipping (like the reference), weights norm and lr at the
+moment of printing.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Optional, TextIO
+
+import torch
+from composer.core import Callback, Event, State, Time, TimeUnit
+from composer.loggers import Logger
+from composer.utils import dist
+
+__all__ = ['NanoT5Log']
+
+
+def _global_l2(tensors: list[torch.Tensor]) -> torch.Tensor:
+    if not tensors:
+        return torch.zeros(())
+    norms = torch._foreach_norm(tensors, 2.0)
+    return torch.linalg.vector_norm(torch.stack([n.float() for n in norms]), 2.0)
+
+
+class NanoT5Log(Callback):
+    """Print the reference's ``[train] Step ...`` line every ``interval`` batches.
+
+    Args:
+        interval: batches between lines (the reference uses 100).
+        stream: where to print (default stdout); only global rank 0 prints.
+    """
+
+    def __init__(self, *, interval: int = 100, stream: Optional[TextIO] = None):
+        if interval <= 0:
+            raise ValueError(f'nanot5_log.interval must be positive, got {interval}.')
+        self.interval = interval
+        self.stream = stream
+        self._reset()
+
+    def _reset(self) -> None:
+        self._loss_sum: Optional[torch.Tensor] = None
+        self._grad_sum = 0.0
+        self._steps = 0
+        self._window_start = time.perf_counter()
+        self._last_grad_norm: Optional[torch.Tensor] = None
+
+    def run_event(self, event: Event, state: State, logger: Logger) -> None:
+        if event == Event.FIT_START:
+            self._reset()
+        elif event == Event.AFTER_BACKWARD:
+            # Gradients accumulate over microbatches, so the last value of a batch is the full
+            # gradient; GradientClipping runs later (AFTER_TRAIN_BATCH), so this is pre-clip.
+            grads = [p.grad for p in state.model.parameters() if p.grad is not None]
+            self._last_grad_norm = _global_l2(grads)
+        elif event == Event.BATCH_END:
+            self._on_batch_end(state, logger)
+
+    def _on_batch_end(self, state: State, logger: Logger) -> None:
+        loss = state.loss
+        if isinstance(loss, dict):
+            loss = sum(loss.values())
+        if isinstance(loss, (list, tuple)):
+            loss = sum(loss)
+        loss = loss.detach().float()
+        self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+        if self._last_grad_norm is not None:
+            self._grad_sum += float(self._last_grad_norm)
+        self._steps += 1
+        step = int(state.timestamp.batch)
+        if step % self.interval != 0:
+            return
+        seconds = (time.perf_counter() - self._window_start) / self._steps
+        weights = _global_l2([p.detach() for p in state.model.parameters()])
+        lr = state.optimizers[0].param_groups[0]['lr'] if state.optimizers else float('nan')
+        stats = {
+            'Loss': float(self._loss_sum) / self._steps,
+            'Grad_l2': self._grad_sum / self._steps,
+            'Weights_l2': float(weights),
+            'Lr': lr,
+            'Seconds_per_step': seconds,
+        }
+        logger.log_metrics({f'nanot5/{k.lower()}': v for k, v in stats.items()})
+        if dist.get_global_rank() == 0:
+            total = self._total_batches(state)
+            line = f'[train] Step {step} out of {total} | ' + ''.join(f'{k} --> {v:.3f} | ' for k, v in stats.items())
+            print(line.rstrip(), file=self.stream or sys.stdout, flush=True)
+        self._reset()
+
+    @staticmethod
+    def _total_batches(state: State) -> str:
+        max_duration = state.max_duration
+        if max_duration is None:
+            return '?'
+        if max_duration.unit == TimeUnit.BATCH:
+            return str(max_duration.value)
+        if max_duration.unit == TimeUnit.EPOCH and state.dataloader_len is not None:
+            return str(max_duration.value * int(state.dataloader_len))
+        return str(Time.from_input(max_duration))

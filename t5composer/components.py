@@ -1,0 +1,101 @@
+"""Registries of the Composer algorithms, callbacks and loggers a YAML recipe can name.
+
+``callbacks: {speed_monitor: {window_size: 10}}`` builds ``SpeedMonitor(window_size=10)``. Keys
+are checked against the constructor's signature so a typo is an error, not a silent default.
+Add your own with :func:`register`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any, Callable, Optional
+
+from t5composer.config.validation import ConfigError, check_keys, closest
+
+__all__ = ['ALGORITHMS', 'CALLBACKS', 'LOGGERS', 'register', 'build_components', 'check_component_kwargs']
+
+
+def _lazy(path: str) -> Callable[[], type]:
+    module, name = path.rsplit('.', 1)
+    return lambda: getattr(importlib.import_module(module), name)
+
+
+# Values are zero-argument loaders so that importing t5composer does not import every logger.
+ALGORITHMS: dict[str, Callable[[], type]] = {
+    'gradient_clipping': _lazy('composer.algorithms.GradientClipping'),
+    'low_precision_layernorm': _lazy('composer.algorithms.LowPrecisionLayerNorm'),
+}
+
+CALLBACKS: dict[str, Callable[[], type]] = {
+    'nanot5_log': _lazy('t5composer.callbacks.nanot5_log.NanoT5Log'),
+    'speed_monitor': _lazy('composer.callbacks.SpeedMonitor'),
+    'lr_monitor': _lazy('composer.callbacks.LRMonitor'),
+    'memory_monitor': _lazy('composer.callbacks.MemoryMonitor'),
+    'optimizer_monitor': _lazy('composer.callbacks.OptimizerMonitor'),
+    'runtime_estimator': _lazy('composer.callbacks.RuntimeEstimator'),
+    'nan_monitor': _lazy('composer.callbacks.NaNMonitor'),
+}
+
+LOGGERS: dict[str, Callable[[], type]] = {
+    'tensorboard': _lazy('composer.loggers.TensorboardLogger'),
+    'wandb': _lazy('composer.loggers.WandBLogger'),
+    'mlflow': _lazy('composer.loggers.MLFlowLogger'),
+    'file': _lazy('composer.loggers.FileLogger'),
+    'in_memory': _lazy('composer.loggers.InMemoryLogger'),
+}
+
+_KINDS = {'algorithms': ALGORITHMS, 'callbacks': CALLBACKS, 'loggers': LOGGERS}
+
+
+def register(kind: str, name: str) -> Callable[[type], type]:
+    """Decorator: make a class available under ``name`` in ``kind`` (algorithms/callbacks/loggers)."""
+
+    def wrap(cls: type) -> type:
+        _KINDS[kind][name] = lambda: cls
+        return cls
+
+    return wrap
+
+
+def _accepted_keys(cls: type) -> tuple[set[str], bool]:
+    params = inspect.signature(cls.__init__).parameters.values()
+    names = {p.name for p in params if p.name != 'self' and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    open_ended = any(p.kind == p.VAR_KEYWORD for p in params)
+    return names, open_ended
+
+
+def check_component_kwargs(cls: type, kwargs: dict[str, Any], where: str) -> list[str]:
+    """Problems with ``kwargs`` for ``cls``'s constructor (unknown keys, named with a hint)."""
+    names, open_ended = _accepted_keys(cls)
+    return [] if open_ended else check_keys(kwargs, names, where)
+
+
+def build_components(kind: str, section: dict[str, Optional[dict[str, Any]]]) -> list[Any]:
+    """Instantiate every entry of a YAML section (``algorithms``, ``callbacks`` or ``loggers``)."""
+    registry = _KINDS[kind]
+    problems: list[str] = []
+    resolved = []
+    for name, kwargs in section.items():
+        kwargs = kwargs or {}
+        if name not in registry:
+            problems.append(f"Unknown {kind[:-1]} '{name}' in '{kind}'.{closest(name, registry)} Registered: {', '.join(sorted(registry))}.")
+            continue
+        try:
+            cls = registry[name]()
+        except ImportError as e:
+            problems.append(f"'{kind}.{name}' needs a package that is not installed ({e.name or e}); pip install it or remove '{name}' from '{kind}'.")
+            continue
+        problems += check_component_kwargs(cls, kwargs, f'{kind}.{name}.')
+        resolved.append((name, cls, kwargs))
+    if problems:
+        raise ConfigError(problems)
+    out = []
+    for name, cls, kwargs in resolved:
+        try:
+            out.append(cls(**kwargs))
+        except ImportError as e:
+            raise ConfigError([f"'{kind}.{name}' needs a package that is not installed ({e}); pip install it or remove '{name}' from '{kind}'."]) from e
+        except (TypeError, ValueError) as e:
+            raise ConfigError([f"'{kind}.{name}': {e}"]) from e
+    return out

@@ -1,0 +1,168 @@
+"""The schema of a training run: every key a YAML recipe may set, its type and its default.
+
+The names follow llm-foundry where one exists (run_name, max_duration, global_train_batch_size,
+device_train_microbatch_size, save_folder, ...). Sections whose keys depend on a chosen
+component (optimizer, scheduler, algorithms, callbacks, loggers) are checked against that
+component's constructor when it is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional, Union
+
+from t5composer.config.validation import required
+
+__all__ = ['TokenizerConfig', 'ModelConfig', 'DataConfig', 'OptimizerConfig', 'SchedulerConfig', 'TrainConfig']
+
+
+@dataclass
+class TokenizerConfig:
+    """Args:
+    name: hub name (google/t5-v1_1-base), a local directory with tokenizer files or a
+        spiece.model, or a path to a SentencePiece ``.model`` file. Leave null with
+        ``data.builtin_corpus``, which trains its own.
+    """
+
+    name: Optional[str] = 'google/t5-v1_1-base'
+
+
+@dataclass
+class ModelConfig:
+    """Args:
+    name: a built-in config name (google/t5-v1_1-small/base/large/xl/xxl), a local directory
+        with config.json, or a hub name.
+    init: how weights start; ``random`` uses the reference's init (see docs/design.md).
+    lm_head_init_std: std of the untied lm_head at init; null keeps the reference's 1.0
+        (first loss ~60). d_model**-0.5 is the common alternative.
+    gradient_checkpointing: recompute block activations in backward to save memory.
+    vocab_size: an integer, or ``tokenizer`` for the tokenizer's size rounded up to a multiple
+        of 128 (for tokenizers trained in-house).
+    The remaining keys override the named config; null keeps the config's value.
+    """
+
+    name: str = 'google/t5-v1_1-base'
+    init: Literal['random'] = 'random'
+    lm_head_init_std: Optional[float] = None
+    gradient_checkpointing: bool = False
+    vocab_size: Union[int, Literal['tokenizer'], None] = None
+    d_model: Optional[int] = None
+    d_kv: Optional[int] = None
+    d_ff: Optional[int] = None
+    num_layers: Optional[int] = None
+    num_decoder_layers: Optional[int] = None
+    num_heads: Optional[int] = None
+    relative_attention_num_buckets: Optional[int] = None
+    relative_attention_max_distance: Optional[int] = None
+    dropout_rate: Optional[float] = None
+    feed_forward_proj: Optional[str] = None
+    tie_word_embeddings: Optional[bool] = None
+
+    def config_overrides(self) -> dict[str, Any]:
+        """The T5Config attributes this section sets."""
+        own = {'name', 'init', 'lm_head_init_std', 'gradient_checkpointing', 'vocab_size'}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in own and v is not None}
+
+
+@dataclass
+class DataConfig:
+    """Args:
+    local: directory holding the converted MDS splits (or the local cache of ``remote``).
+    remote: object-store or other remote location of the splits (s3://, gs://, ...).
+    train_split / eval_split: split names under local/remote (``recipes/convert_c4.py`` writes
+        ``train`` and ``val``).
+    input_length / noise_density / mean_noise_span_length: the span-corruption objective; the
+        data must have been converted with the same values (checked).
+    builtin_corpus: ``python_docs`` builds an offline demo corpus, tokenizer and splits on first
+        use (see yamls/demo.yaml); then leave tokenizer.name, local and remote null.
+    builtin_vocab_size: SentencePiece pieces for the builtin corpus's tokenizer.
+    """
+
+    local: Optional[str] = None
+    remote: Optional[str] = None
+    train_split: str = 'train'
+    eval_split: Optional[str] = 'val'
+    input_length: int = 512
+    noise_density: float = 0.15
+    mean_noise_span_length: float = 3.0
+    shuffle: bool = True
+    shuffle_seed: Optional[int] = None
+    shuffle_algo: str = 'py1e'
+    num_canonical_nodes: Optional[int] = None
+    predownload: Optional[int] = None
+    download_timeout: float = 60.0
+    num_workers: int = 2
+    prefetch_factor: Optional[int] = 2
+    pin_memory: bool = True
+    persistent_workers: bool = True
+    builtin_corpus: Optional[Literal['python_docs']] = None
+    builtin_vocab_size: int = 2000
+
+
+@dataclass
+class OptimizerConfig:
+    """Args:
+    name: a registered optimizer (adamwscale, adafactor, adamw).
+    lr: base learning rate (the schedule multiplies it).
+    weight_decay: decoupled weight decay; never applied to biases and norm weights.
+    Any other key goes to the optimizer's constructor (betas, eps, ...), checked there.
+    """
+
+    __extra_keys__ = 'kwargs'
+    name: str = required()
+    lr: float = required()
+    weight_decay: float = 0.0
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class SchedulerConfig:
+    """Args:
+    name: a registered schedule (cosine, inverse_sqrt, constant).
+    Any other key goes to the scheduler's constructor (t_warmup, final_lr, ...), checked there.
+    """
+
+    __extra_keys__ = 'kwargs'
+    name: str = 'constant'
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    """One pre-training run. See README for what each key does and yamls/ for examples."""
+
+    max_duration: Union[str, int] = required()
+    global_train_batch_size: int = required()
+    run_name: Optional[str] = None
+    seed: int = 2137
+    device_train_microbatch_size: Union[int, Literal['auto'], None] = None
+    device_eval_batch_size: Optional[int] = None
+    precision: Literal['fp32', 'amp_bf16', 'amp_fp16'] = 'fp32'
+    tf32: bool = True
+    compile: bool = False
+    eval_interval: Union[str, int] = '1000ba'
+    eval_first: bool = False
+    eval_subset_num_batches: int = -1
+    save_folder: Optional[str] = None
+    save_interval: Union[str, int] = '1000ba'
+    save_num_checkpoints_to_keep: int = -1
+    save_overwrite: bool = False
+    autoresume: bool = False
+    load_path: Optional[str] = None
+    load_weights_only: bool = False
+    load_strict_model_weights: bool = True
+    progress_bar: bool = False
+    log_to_console: bool = True
+    console_log_interval: Union[str, int] = '100ba'
+    python_log_level: Optional[str] = 'info'
+    dist_timeout: float = 600.0
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = required()
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    algorithms: dict[str, Optional[dict[str, Any]]] = field(default_factory=dict)
+    callbacks: dict[str, Optional[dict[str, Any]]] = field(default_factory=dict)
+    loggers: dict[str, Optional[dict[str, Any]]] = field(default_factory=dict)
+    variables: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,168 @@
+"""Turn a plain dict into typed, validated dataclasses, with errors that say how to fix them.
+
+Every key is checked at every level: an unknown key names the closest valid one, a wrong type
+names the expected type, a missing required key is reported. All problems are collected and
+raised together so a user fixes a YAML file in one pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from typing import Any, Literal, Union
+
+__all__ = ['ConfigError', 'closest', 'from_dict', 'check_keys', 'required']
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message lists every problem found."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        lines = '\n'.join(f'  - {p}' for p in self.problems)
+        super().__init__(f'Invalid config ({len(self.problems)} problem(s)):\n{lines}')
+
+
+def required() -> Any:
+    """A dataclass field the user must set (dataclasses need a default after other defaults)."""
+    return dataclasses.field(default=None, metadata={'required': True})
+
+
+def closest(key: str, valid: typing.Iterable[str]) -> str:
+    """A 'did you mean' hint for ``key`` among ``valid`` (empty string if nothing is close)."""
+    match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    return f" Did you mean '{match[0]}'?" if match else ''
+
+
+def check_keys(given: typing.Iterable[str], valid: typing.Iterable[str], where: str) -> list[str]:
+    """Problems for keys in ``given`` that are not in ``valid``."""
+    valid = list(valid)
+    return [
+        f"Unknown key '{where}{key}'.{closest(key, valid)} Valid keys here: {', '.join(sorted(valid))}."
+        for key in given
+        if key not in valid
+    ]
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return ' | '.join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return ' | '.join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return 'null'
+    if origin is list:
+        return f'list of {_type_name(typing.get_args(tp)[0])}'
+    if origin is dict:
+        return 'mapping'
+    if dataclasses.is_dataclass(tp):
+        return 'mapping'
+    return getattr(tp, '__name__', str(tp))
+
+
+def _convert(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
+    """Check ``value`` against type ``tp``; return the converted value (problems appended)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        # Try each member quietly; report once with the whole union if none fits.
+        for arg in args:
+            trial: list[str] = []
+            out = _convert(value, arg, where, trial)
+            if not trial:
+                return out
+        if len(args) == 2 and type(None) in args:
+            inner = next(a for a in args if a is not type(None))
+            if dataclasses.is_dataclass(inner) and isinstance(value, dict):
+                return _convert(value, inner, where, problems)
+        problems.append(f"'{where}' must be {_type_name(tp)}, got {type(value).__name__} {value!r}.")
+        return value
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            hint = closest(str(value), [str(c) for c in choices]) if isinstance(value, str) else ''
+            problems.append(f"'{where}' must be one of {', '.join(repr(c) for c in choices)}, got {value!r}.{hint}")
+        return value
+    if tp is type(None):
+        if value is not None:
+            problems.append(f"'{where}' must be null, got {value!r}.")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            problems.append(f"'{where}' must be a mapping of keys ({', '.join(f.name for f in dataclasses.fields(tp))}), got {type(value).__name__} {value!r}.")
+            return tp()
+        return _from_dict(tp, value, where + '.', problems)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            problems.append(f"'{where}' must be a list, got {type(value).__name__} {value!r}.")
+            return value
+        (item_tp,) = typing.get_args(tp)
+        return [_convert(v, item_tp, f'{where}[{i}]', problems) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.append(f"'{where}' must be a mapping, got {type(value).__name__} {value!r}.")
+            return {}
+        _, val_tp = typing.get_args(tp)
+        return {k: _convert(v, val_tp, f'{where}.{k}', problems) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            problems.append(f"'{where}' must be true or false, got {value!r}.")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(f"'{where}' must be an integer, got {type(value).__name__} {value!r}.")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"'{where}' must be a number, got {type(value).__name__} {value!r}.")
+            return value
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            problems.append(f"'{where}' must be a string, got {type(value).__name__} {value!r}.")
+        return value
+    raise TypeError(f'unsupported schema type {tp!r} at {where}')
+
+
+def _from_dict(cls: type, data: dict, prefix: str, problems: list[str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    extra_field = getattr(cls, '__extra_keys__', None)  # open sections collect unknown keys here
+    kwargs: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in data.items():
+        if not isinstance(key, str):
+            problems.append(f"Key {key!r} under '{prefix[:-1] or '<top level>'}' must be a string.")
+            continue
+        if key in fields and key != extra_field:
+            kwargs[key] = _convert(value, hints[key], prefix + key, problems)
+        elif extra_field is not None:
+            extra[key] = value
+        else:
+            problems.extend(check_keys([key], [k for k in fields if k != extra_field], prefix))
+    for name, f in fields.items():
+        if f.metadata.get('required') and kwargs.get(name) is None:
+            problems.append(f"Missing required key '{prefix}{name}' ({_type_name(hints[name])}).")
+    if extra_field is not None:
+        kwargs[extra_field] = extra
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:  # only reached with problems already recorded
+        problems.append(f"'{prefix[:-1]}': {e}")
+        return None
+
+
+def from_dict(cls: type, data: dict) -> Any:
+    """Build dataclass ``cls`` from ``data``, raising :class:`ConfigError` listing every problem."""
+    problems: list[str] = []
+    if not isinstance(data, dict):
+        raise ConfigError([f'The config must be a mapping at the top level, got {type(data).__name__}.'])
+    out = _from_dict(cls, data, '', problems)
+    if problems:
+        raise ConfigError(problems)
+    return out

@@ -1,0 +1,1 @@
+"""Data pipeline: C4 conversion, streaming datasets and T5 span corruption."""

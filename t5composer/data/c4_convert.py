@@ -1,0 +1,352 @@
+"""Convert C4 (hub or local json.gz) to MDS rows of T5 tokens, ready for span corruption.
+
+Per split: raw lines are read in file order (:mod:`t5composer.data.c4_source`), parsed and
+tokenized in ``num_workers`` processes (chunks of lines, results consumed in submission order,
+so the output does not depend on ``num_workers``), each document gets one EOS, the token stream
+is concatenated across documents and cut into rows of exactly the *expanded* length
+(``random_spans_helper``: 568 for 512 / 0.15 / 3.0); the final incomplete row is dropped.
+
+Rows go to ``{out_root}/.{split}.tmp-<pid>`` (``MDSWriter``, column ``tokens: ndarray:uint16``),
+then ``t5composer_meta.json`` is written and the directory is renamed to ``{out_root}/{split}``;
+a failed conversion leaves nothing behind. Bad lines are counted by reason, the first few are
+logged with file and line, and conversion goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import shutil
+import time
+from collections import Counter, deque
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+
+from t5composer.data.c4_source import (
+    SKIP_REASONS,
+    RawLine,
+    iter_file_lines,
+    list_split_files,
+    parse_c4_line,
+    resolve_source,
+)
+
+__all__ = ['MAX_UINT16_VOCAB', 'convert_c4']
+
+log = logging.getLogger(__name__)
+
+MAX_UINT16_VOCAB = 65536  # ids 0..65535 fit the uint16 column
+_MAX_EXAMPLES = 5  # bad lines reported individually per split
+_VALID_SPLITS = ('train', 'val')
+
+# Set in each worker by _init_worker (and in-process for num_workers=1).
+_ENCODER: Any = None
+_EOS: int = 1
+
+
+def _init_worker(tokenizer: Any, backend: str) -> None:
+    """Build the worker's encoder once (the tokenizer is inherited or unpickled once)."""
+    global _ENCODER, _EOS
+    from t5composer.tokenization import BatchEncoder
+
+    _ENCODER = BatchEncoder(tokenizer, backend=backend)
+    _EOS = int(tokenizer.eos_token_id)
+
+
+def _encode_chunk(lines: list[tuple[int, bytes]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, str]]]:
+    """Parse and tokenize a chunk of raw lines.
+
+    Returns:
+        ``(tokens, doc_lengths, doc_linenos, bad)``: the documents' tokens (each followed by
+        EOS) concatenated as uint16, each document's length (EOS included), each document's
+        line number, and ``(lineno, reason)`` of skipped lines.
+    """
+    texts, linenos, bad = [], [], []
+    for lineno, raw in lines:
+        text, reason = parse_c4_line(raw)
+        if text is None:
+            bad.append((lineno, reason))
+        else:
+            texts.append(text)
+            linenos.append(lineno)
+    ids = _ENCODER(texts) if texts else []
+    lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
+    tokens = np.empty(int(lengths.sum()), dtype=np.uint16)
+    pos = 0
+    for x in ids:
+        tokens[pos:pos + len(x)] = x
+        tokens[pos + len(x)] = _EOS
+        pos += len(x) + 1
+    return tokens, lengths, np.asarray(linenos, dtype=np.int64), bad
+
+
+def _chunks(files: Sequence[str], fs: Any, chunk_docs: int) -> Iterator[tuple[str, Any]]:
+    """``(file, [(lineno, raw), ...])`` chunks in file order, never spanning files.
+
+    A read error comes as ``(file, RawLine)`` in its place in the order, so skip counts do not
+    depend on how far workers read ahead.
+    """
+    for path in files:
+        chunk: list[tuple[int, bytes]] = []
+        for raw in iter_file_lines(path, fs=fs):
+            if raw.data is None:
+                if chunk:
+                    yield path, chunk
+                    chunk = []
+                yield path, raw
+                continue
+            chunk.append((raw.lineno, raw.data))
+            if len(chunk) >= chunk_docs:
+                yield path, chunk
+                chunk = []
+        if chunk:
+            yield path, chunk
+
+
+class _SplitWriter:
+    """Consumes encoded chunks in order: counts, truncates at max_docs, cuts and writes rows."""
+
+    def __init__(self, *, writer: Any, length: int, max_docs: Optional[int], split: str, pbar: Any) -> None:
+        self.writer, self.length, self.max_docs, self.split, self.pbar = writer, length, max_docs, split, pbar
+        self.carry = np.empty(0, dtype=np.uint16)
+        self.docs = self.tokens = self.rows = 0
+        self.skipped: Counter = Counter()
+        self.examples = 0
+
+    @property
+    def done(self) -> bool:
+        return self.max_docs is not None and self.docs >= self.max_docs
+
+    def skip(self, file: str, lineno: int, reason: str, detail: str = '') -> None:
+        self.skipped[reason] += 1
+        if self.examples < _MAX_EXAMPLES:
+            self.examples += 1
+            more = f' ({detail})' if detail else ''
+            log.warning('%s: skipped %s:%d: %s: %s%s', self.split, file, lineno, reason, SKIP_REASONS.get(reason, ''), more)
+
+    def add(self, file: str, result: tuple) -> None:
+        tokens, lengths, linenos, bad = result
+        if self.max_docs is not None and self.docs + len(lengths) >= self.max_docs:
+            keep = self.max_docs - self.docs
+            last_line = int(linenos[keep - 1]) if keep > 0 else -1
+            bad = [b for b in bad if b[0] < last_line]  # only lines before the last kept doc
+            tokens, lengths = tokens[: int(lengths[:keep].sum())], lengths[:keep]
+        for lineno, reason in bad:
+            self.skip(file, lineno, reason)
+        self.docs += len(lengths)
+        self.tokens += len(tokens)
+        buf = np.concatenate([self.carry, tokens]) if len(self.carry) else tokens
+        n = len(buf) // self.length
+        for row in buf[: n * self.length].reshape(n, self.length):
+            self.writer.write({'tokens': row})
+        self.rows += n
+        self.carry = buf[n * self.length:].copy()
+        self.pbar.update(len(lengths))
+        self.pbar.set_postfix(tokens=f'{self.tokens:,}', rows=self.rows, skipped=sum(self.skipped.values()), refresh=False)
+
+
+def _check_vocab(tokenizer: Any, name: str) -> int:
+    size = len(tokenizer)
+    top = max(tokenizer.get_vocab().values()) + 1
+    if max(size, top) > MAX_UINT16_VOCAB:
+        raise ValueError(
+            f'The tokenizer {name!r} has {max(size, top)} ids, more than the {MAX_UINT16_VOCAB} '
+            'that the uint16 token column can hold; use a vocabulary of at most 65536 ids.'
+        )
+    return size
+
+
+def convert_c4(
+    *,
+    out_root: str | os.PathLike,
+    source: str = 'allenai/c4',
+    splits: Sequence[str] = ('train', 'val'),
+    tokenizer: str = 'google/t5-v1_1-base',
+    input_length: int = 512,
+    noise_density: float = 0.15,
+    mean_noise_span_length: float = 3.0,
+    max_docs: Optional[int] = None,
+    num_workers: int = 1,
+    overwrite: bool = False,
+    compression: Optional[str] = 'zstd',
+    size_limit: int | str = '64mb',
+    progress: bool = True,
+    subset: str = 'en',
+    encoder: str = 'auto',
+    chunk_docs: int = 256,
+) -> dict[str, dict[str, Any]]:
+    """Convert C4 splits to MDS token rows under ``out_root/{split}``.
+
+    Args:
+        out_root: output directory; each split goes to ``out_root/{split}``.
+        source: ``allenai/c4`` (the hub, subset ``subset``), an fsspec URL, or a local directory
+            laid out like the hub's ``en/`` folder (``c4-train.*.json.gz``,
+            ``c4-validation.*.json.gz``).
+        splits: any of ``train``, ``val``.
+        tokenizer: hub name, local tokenizer directory or spiece.model path.
+        input_length: encoder input length the rows are made for.
+        noise_density: span-corruption noise density.
+        mean_noise_span_length: mean noise span length.
+        max_docs: stop each split after this many good documents.
+        num_workers: tokenizer processes (1: tokenize in this process).
+        overwrite: replace existing split directories.
+        compression: MDS shard compression (``zstd``; None for none).
+        size_limit: MDS shard size limit.
+        progress: show a tqdm bar per split.
+        subset: hub folder of the dataset (C4: ``en``).
+        encoder: tokenization backend: ``auto``, ``sentencepiece`` or ``tokenizers`` (see
+            :class:`t5composer.tokenization.BatchEncoder`; both give the same ids).
+        chunk_docs: lines per work item.
+
+    Returns:
+        ``{split: metadata}`` (the contents of each split's ``t5composer_meta.json``).
+
+    Raises:
+        FileExistsError: a split directory exists and ``overwrite`` is False.
+        FileNotFoundError: a split has no files in ``source``.
+        ValueError: bad arguments, or a vocabulary too large for uint16.
+    """
+    import streaming  # noqa: F401  (imported here, ~3 s, so it does not count in the split's time)
+
+    from t5composer.data.metadata import make_split_metadata, write_split_metadata
+    from t5composer.data.span_corruption import random_spans_helper
+    from t5composer.tokenization import load_tokenizer, tokenizer_fingerprint
+
+    splits = [splits] if isinstance(splits, str) else list(splits)
+    bad_splits = [s for s in splits if s not in _VALID_SPLITS]
+    if bad_splits or not splits:
+        raise ValueError(f'splits must be among {_VALID_SPLITS}, got {splits}')
+    if num_workers < 1:
+        raise ValueError(f'num_workers must be >= 1, got {num_workers}')
+    if max_docs is not None and max_docs < 1:
+        raise ValueError(f'max_docs must be >= 1 or None, got {max_docs}')
+    length, _ = random_spans_helper(input_length, noise_density, mean_noise_span_length)
+
+    out = Path(os.path.expanduser(str(out_root)))
+    existing = [s for s in splits if (out / s).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f'{", ".join(str(out / s) for s in existing)} already exist(s); pass --overwrite '
+            '(overwrite=True) to replace, or choose another --out_root.'
+        )
+    tok = load_tokenizer(tokenizer)
+    vocab = _check_vocab(tok, tokenizer)
+    fingerprint = tokenizer_fingerprint(tok)
+    fs, _ = resolve_source(source, subset=subset)
+    files = {s: list_split_files(source=source, split=s, subset=subset) for s in splits}
+    out.mkdir(parents=True, exist_ok=True)
+
+    results = {}
+    for split in splits:
+        t0 = time.perf_counter()
+        tmp = out / f'.{split}.tmp-{os.getpid()}'
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            stats, backend = _convert_split(
+                files=files[split], fs=fs, tmp=tmp, split=split, tokenizer=tok, length=length,
+                max_docs=max_docs, num_workers=num_workers, compression=compression,
+                size_limit=size_limit, progress=progress, encoder=encoder, chunk_docs=chunk_docs,
+            )
+            meta = make_split_metadata(
+                source=source, split=split, tokenizer=str(tokenizer), tokenizer_fingerprint=fingerprint,
+                vocab_size=vocab, input_length=input_length, noise_density=noise_density,
+                mean_noise_span_length=mean_noise_span_length, expanded_length=length,
+                docs=stats.docs, tokens=stats.tokens, rows=stats.rows, dropped_tokens=len(stats.carry),
+                skipped_lines=stats.skipped, encoder=backend, seconds=time.perf_counter() - t0,
+            )
+            write_split_metadata(tmp, meta)  # last: its presence marks a complete split
+            _move_into_place(tmp, out / split, overwrite=overwrite)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if stats.rows == 0:
+            log.warning('%s: no complete row of %d tokens (only %d tokens); the split is empty.',
+                        split, length, stats.tokens)
+        if stats.skipped:
+            log.warning('%s: skipped %d line(s): %s', split, sum(stats.skipped.values()), dict(stats.skipped))
+        results[split] = meta
+    return results
+
+
+def _convert_split(
+    *, files: list[str], fs: Any, tmp: Path, split: str, tokenizer: Any, length: int,
+    max_docs: Optional[int], num_workers: int, compression: Optional[str], size_limit: int | str,
+    progress: bool, encoder: str, chunk_docs: int,
+) -> tuple[_SplitWriter, str]:
+    """Write one split's rows into ``tmp``; return the counts and the encoder backend used."""
+    from streaming import MDSWriter
+    from tqdm.auto import tqdm
+
+    from t5composer.tokenization import BatchEncoder
+
+    backend = BatchEncoder(tokenizer, backend=encoder).backend  # fail early on a bad choice
+    with ExitStack() as stack:
+        # The pool is forked first, before MDSWriter and tqdm start threads.
+        pool = stack.enter_context(_worker_pool(num_workers, tokenizer, backend)) if num_workers > 1 else None
+        writer = stack.enter_context(
+            MDSWriter(out=str(tmp), columns={'tokens': 'ndarray:uint16'}, compression=compression, size_limit=size_limit)
+        )
+        pbar = stack.enter_context(tqdm(total=max_docs, unit='doc', desc=split, disable=not progress, dynamic_ncols=True))
+        stats = _SplitWriter(writer=writer, length=length, max_docs=max_docs, split=split, pbar=pbar)
+
+        def consume(file: str, item: Any) -> None:
+            if isinstance(item, RawLine):  # a read error, in stream order
+                stats.skip(file, item.lineno, item.error, item.detail)
+            else:
+                stats.add(file, item.get() if hasattr(item, 'get') else item)
+
+        chunks = _chunks(files, fs, chunk_docs)
+        if pool is None:
+            _init_worker(tokenizer, backend)
+            for file, chunk in chunks:
+                consume(file, chunk if isinstance(chunk, RawLine) else _encode_chunk(chunk))
+                if stats.done:
+                    break
+        else:
+            pending: deque = deque()
+            for file, chunk in chunks:
+                pending.append((file, chunk if isinstance(chunk, RawLine) else pool.apply_async(_encode_chunk, (chunk,))))
+                # Bounded read-ahead; results are consumed in submission order.
+                while len(pending) >= 2 * num_workers and not stats.done:
+                    consume(*pending.popleft())
+                if stats.done:
+                    break
+            while pending and not stats.done:
+                consume(*pending.popleft())
+            pool.terminate()  # drop read-ahead work after max_docs
+    return stats, backend
+
+
+def _worker_pool(num_workers: int, tokenizer: Any, backend: str) -> Any:
+    """A process pool whose workers hold the tokenizer (fork where available: nothing to pickle)."""
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context('fork' if 'fork' in methods else 'spawn')
+    # Workers are single-threaded tokenizers; setting this around the fork also silences the
+    # tokenizers library's "process just got forked" warning.
+    old = os.environ.get('TOKENIZERS_PARALLELISM')
+    os.environ['TOKENIZERS_PARALLELISM'] = 'false'
+    try:
+        return ctx.Pool(num_workers, initializer=_init_worker, initargs=(tokenizer, backend))
+    finally:
+        if old is None:
+            os.environ.pop('TOKENIZERS_PARALLELISM', None)
+        else:
+            os.environ['TOKENIZERS_PARALLELISM'] = old
+
+
+def _move_into_place(tmp: Path, dest: Path, *, overwrite: bool) -> None:
+    """Rename the finished temp dir to ``dest``, replacing an old ``dest`` only if allowed."""
+    if dest.exists():
+        if not overwrite:
+            raise FileExistsError(f'{dest} appeared during conversion; pass --overwrite to replace it.')
+        old = dest.parent / f'.{dest.name}.old-{os.getpid()}'
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(dest, old)
+        os.rename(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, dest)

@@ -1,0 +1,577 @@
+"""T5 span corruption: length helper, index-seeded noise masks and a batch collator.
+
+The mask of a row is a pure function of ``(seed, epoch, sample_idx)``. Randomness comes from
+counter-based hashing (the splitmix64 finaliser over uint64 arrays) rather than a stateful RNG,
+so a resumed run re-creates exactly the masks of an uninterrupted one, a row's mask does not
+depend on which other rows share its batch, and the global numpy/torch RNGs are never touched.
+
+The distribution is T5's ``random_spans_noise_mask``: noise lengths and non-noise lengths are
+independent uniformly random compositions of their totals into ``num_spans`` positive parts,
+interleaved starting with non-noise, so every row ends inside a noise span.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    'random_spans_helper',
+    'noise_span_counts',
+    'row_keys',
+    'batch_random_spans_noise_mask',
+    'SpanCorruptionCollator',
+    'reference_random_spans_noise_mask',
+    'per_example_span_corruption',
+]
+
+# splitmix64 constants (Steele, Lea & Flood 2014 / Vigna).
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_MASK64 = (1 << 64) - 1
+# Counter offsets that keep the two random streams of a row (noise cuts, non-noise cuts) apart.
+_NOISE_STREAM = 1
+_NONNOISE_STREAM = 1 + (1 << 32)
+# A fixed tweak so that seed 0 does not hash the all-zero state.
+_SEED_TWEAK = 0x5D2C7E3A91B04F68
+
+
+# --------------------------------------------------------------------------------------------
+# Lengths
+# --------------------------------------------------------------------------------------------
+def _check_noise_args(noise_density: float, mean_noise_span_length: float) -> None:
+    if not 0.0 < float(noise_density) < 1.0:
+        raise ValueError(f'noise_density must be in (0, 1), got {noise_density!r}')
+    if not float(mean_noise_span_length) >= 1.0:
+        raise ValueError(f'mean_noise_span_length must be >= 1, got {mean_noise_span_length!r}')
+
+
+def random_spans_helper(
+    inputs_length: int,
+    noise_density: float,
+    mean_noise_span_length: float,
+) -> tuple[int, int]:
+    """Raw row length that span corruption turns into exactly ``inputs_length`` encoder tokens.
+
+    Same loop as T5's ``random_spans_helper`` (one sentinel per span in inputs and targets, one
+    EOS each): grow the raw length while the resulting encoder length still fits, then apply
+    T5's ``noise_density == 0.5`` adjustment that keeps targets no longer than inputs.
+
+    Args:
+        inputs_length: desired encoder input length (sentinels and EOS included).
+        noise_density: fraction of raw tokens that are noise.
+        mean_noise_span_length: average noise span length.
+
+    Returns:
+        ``(tokens_length, targets_length)``: raw row length and decoder target length.
+        ``(512, 0.15, 3.0) -> (568, 114)``.
+    """
+    if int(inputs_length) != inputs_length or inputs_length < 2:
+        raise ValueError(f'inputs_length must be an integer >= 2, got {inputs_length!r}')
+    _check_noise_args(noise_density, mean_noise_span_length)
+    inputs_length = int(inputs_length)
+
+    def lengths(tokens_length: int) -> tuple[int, int]:
+        # Python's round (half to even), as in T5, without the clipping of the mask function.
+        num_noise = int(round(tokens_length * noise_density))
+        num_nonnoise = tokens_length - num_noise
+        num_spans = int(round(num_noise / mean_noise_span_length))
+        return num_nonnoise + num_spans + 1, num_noise + num_spans + 1
+
+    tokens_length = inputs_length - 1
+    while lengths(tokens_length + 1)[0] <= inputs_length:
+        tokens_length += 1
+    # As in T5, the comparison below uses the *achieved* inputs length, not the argument.
+    achieved_inputs_length, targets_length = lengths(tokens_length)
+    if noise_density == 0.5 and targets_length > achieved_inputs_length:
+        tokens_length -= 1
+        targets_length -= 1
+    return tokens_length, targets_length
+
+
+def noise_span_counts(length: int, noise_density: float, mean_noise_span_length: float) -> tuple[int, int]:
+    """Number of noise tokens and noise spans in a row of ``length`` tokens (T5's rule).
+
+    Args:
+        length: raw row length.
+        noise_density: fraction of tokens that are noise.
+        mean_noise_span_length: average noise span length.
+
+    Returns:
+        ``(num_noise, num_spans)`` with ``num_noise = round(length * density)`` clipped to
+        ``[1, length - 1]`` and ``num_spans = max(1, round(num_noise / mean))``.
+    """
+    num_noise = int(round(length * noise_density))
+    num_noise = min(max(num_noise, 1), length - 1)
+    num_spans = max(1, int(round(num_noise / mean_noise_span_length)))
+    return num_noise, num_spans
+
+
+def _checked_counts(length: int, noise_density: float, mean_noise_span_length: float) -> tuple[int, int]:
+    """``noise_span_counts`` plus the checks that make fixed-shape outputs possible."""
+    if length < 2:
+        raise ValueError(f'rows must have at least 2 tokens to hold one noise span, got length {length}')
+    num_noise, num_spans = noise_span_counts(length, noise_density, mean_noise_span_length)
+    if num_spans > length - num_noise:
+        # T5 would silently merge spans here (zero-length gaps), giving rows different shapes.
+        raise ValueError(
+            f'length {length} with noise_density={noise_density} and mean_noise_span_length='
+            f'{mean_noise_span_length} gives {num_spans} noise spans but only {length - num_noise} '
+            'non-noise tokens to separate them; lower noise_density or raise mean_noise_span_length',
+        )
+    return num_noise, num_spans
+
+
+# --------------------------------------------------------------------------------------------
+# Counter-based hashing
+# --------------------------------------------------------------------------------------------
+def _fmix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser, elementwise on a uint64 array (wraps mod 2**64, no warnings)."""
+    x = x ^ (x >> np.uint64(30))
+    x *= _MIX1
+    x ^= x >> np.uint64(27)
+    x *= _MIX2
+    x ^= x >> np.uint64(31)
+    return x
+
+
+def _as_nonnegative_u64(values: Any, name: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        arr = arr.reshape(-1)
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f'{name} must be integers, got dtype {arr.dtype}')
+    if arr.size and np.issubdtype(arr.dtype, np.signedinteger) and arr.min() < 0:
+        raise ValueError(f'{name} must be >= 0, got {arr.min()}')
+    return arr.astype(np.uint64)
+
+
+def row_keys(seed: int, epochs: Any, sample_indices: Any) -> np.ndarray:
+    """64-bit per-row keys, a pure function of ``(seed, epoch, sample_idx)``.
+
+    Args:
+        seed: run seed (any Python int; reduced mod 2**64).
+        epochs: per-row epoch numbers, shape ``[B]`` (or a scalar broadcast to all rows).
+        sample_indices: per-row global sample indices, shape ``[B]``.
+
+    Returns:
+        uint64 array ``[B]``.
+    """
+    idx = _as_nonnegative_u64(sample_indices, 'sample_idx')
+    ep = _as_nonnegative_u64(epochs, 'epoch')
+    if ep.size == 1 and idx.size != 1:
+        ep = np.full(idx.shape, ep[0], dtype=np.uint64)
+    if ep.shape != idx.shape:
+        raise ValueError(f'epochs {ep.shape} and sample_indices {idx.shape} must have the same length')
+    base = np.full(idx.shape, (int(seed) ^ _SEED_TWEAK) & _MASK64, dtype=np.uint64)
+    # Chain bijective mixes: each field is added to a well-mixed state and re-hashed.
+    key = _fmix64(base)
+    key = _fmix64(key + ep)
+    key = _fmix64(key + idx)
+    return key
+
+
+def _hash_stream(keys: np.ndarray, stream: int, n: int) -> np.ndarray:
+    """``[B, n]`` pseudo-random uint64: splitmix64 outputs ``stream .. stream+n-1`` of each key."""
+    counters = (np.arange(stream, stream + n, dtype=np.uint64) * _GOLDEN)[None, :]
+    return _fmix64(keys[:, None] + counters)
+
+
+def _random_sorted_subset(keys: np.ndarray, stream: int, n: int, k: int) -> np.ndarray:
+    """Per row, a uniformly random ``k``-subset of ``range(n)``, sorted; int64 ``[B, k]``.
+
+    Two exact methods, picked by cost (the choice depends only on ``(n, k)``, so a row's result
+    stays a pure function of its key): when ``k`` is small relative to ``n``, Robert Floyd's
+    sampling loop (``k`` vectorised steps); otherwise the ``k`` smallest of ``n`` i.i.d. hashes
+    (a uniformly random order of the positions; ties have probability ~n^2 / 2^65).
+    """
+    if k == 0:
+        return np.empty((keys.shape[0], 0), dtype=np.int64)
+    if n > 4 * k:
+        h = _hash_stream(keys, stream, k)
+        # Floyd: for j = n-k .. n-1 draw t uniform in [0, j]; take t, or j if t is already taken.
+        upper = np.arange(n - k, n, dtype=np.int64)
+        # 53-bit uniform in [0, 1) scaled to [0, j]: bias ~ j / 2^53, far below detectability.
+        u = (h >> np.uint64(11)).astype(np.float64) * (2.0**-53)
+        chosen = np.floor(u * (upper + 1)).astype(np.int64)
+        np.minimum(chosen, upper, out=chosen)
+        for i in range(1, k):
+            taken = (chosen[:, :i] == chosen[:, i : i + 1]).any(axis=1)
+            chosen[taken, i] = upper[i]
+    else:
+        h = _hash_stream(keys, stream, n)
+        # argpartition is O(n); the set equals argsort(h)[:, :k].
+        chosen = np.argpartition(h, k - 1, axis=1)[:, :k]
+    chosen.sort(axis=1)
+    return chosen
+
+
+def _random_compositions(keys: np.ndarray, stream: int, total: int, parts: int) -> np.ndarray:
+    """Per row, a uniformly random composition of ``total`` into ``parts`` positive integers.
+
+    As T5's ``_random_segmentation``: the ``parts - 1`` segment starts are a uniformly random
+    subset of the ``total - 1`` gaps between items.
+
+    Returns:
+        int64 ``[B, parts]`` with rows summing to ``total``.
+    """
+    batch = keys.shape[0]
+    bounds = np.empty((batch, parts + 1), dtype=np.int64)
+    bounds[:, 0] = 0
+    bounds[:, 1:-1] = _random_sorted_subset(keys, stream, total - 1, parts - 1) + 1  # gap j: before item j+1
+    bounds[:, -1] = total
+    return np.diff(bounds, axis=1)
+
+
+def _span_lengths(keys: np.ndarray, length: int, num_noise: int, num_spans: int) -> tuple[np.ndarray, np.ndarray]:
+    """Noise and non-noise run lengths, each int64 ``[B, num_spans]``, from independent streams.
+
+    Layout of a row: nonnoise_0, noise_0, nonnoise_1, noise_1, ..., nonnoise_{S-1}, noise_{S-1}.
+    """
+    noise_lengths = _random_compositions(keys, _NOISE_STREAM, num_noise, num_spans)
+    nonnoise_lengths = _random_compositions(keys, _NONNOISE_STREAM, length - num_noise, num_spans)
+    return noise_lengths, nonnoise_lengths
+
+
+def _gather_runs(
+    tokens: np.ndarray,
+    *,
+    out_starts: np.ndarray,
+    src_starts: np.ndarray,
+    out_length: int,
+    sentinel_positions: np.ndarray,
+    sentinels: np.ndarray,
+    eos_id: int,
+) -> np.ndarray:
+    """Copy contiguous raw runs into an output row, put sentinels between them, append EOS.
+
+    Output position ``p`` inside run ``k`` reads raw index ``src_starts[k] + (p - out_starts[k])``,
+    so the source index is ``p`` plus a piecewise-constant offset that changes at each run start:
+    a scatter of offset increments and one cumsum, with no per-row loop or boolean selection.
+
+    Args:
+        tokens: int64 ``[B, L]`` raw rows.
+        out_starts: ``[B, S]`` output position of each run's first token (increasing).
+        src_starts: ``[B, S]`` raw position of each run's first token.
+        out_length: output length before EOS.
+        sentinel_positions: ``[B, S]`` output positions that hold sentinels.
+        sentinels: ``[S]`` sentinel ids, ``sentinels[k]`` at ``sentinel_positions[:, k]``.
+        eos_id: appended id.
+
+    Returns:
+        int64 ``[B, out_length + 1]``.
+    """
+    batch, length = tokens.shape
+    rows = np.arange(batch)[:, None]
+    # Flat source index per output slot (EOS slot included so np.take fills `out` in one go).
+    index = np.zeros((batch, out_length + 1), dtype=np.intp)
+    index[rows, out_starts] = np.diff(src_starts - out_starts, axis=1, prepend=0)
+    index[:, 0] += np.arange(batch) * length
+    np.cumsum(index, axis=1, out=index)
+    index += np.arange(out_length + 1)
+    # One gather straight into the result: fewer large temporaries also avoids page-fault churn,
+    # which cost as much as the work itself. Sentinel/EOS slots may point past a row (or the
+    # array, hence 'clip'); they are overwritten just below.
+    out = np.take(tokens.reshape(-1), index, mode='clip')
+    out[rows, sentinel_positions] = sentinels
+    out[:, -1] = eos_id
+    return out
+
+
+def batch_random_spans_noise_mask(
+    keys: np.ndarray,
+    length: int,
+    *,
+    noise_density: float = 0.15,
+    mean_noise_span_length: float = 3.0,
+) -> np.ndarray:
+    """T5's ``random_spans_noise_mask`` for a batch of rows, seeded per row by ``keys``.
+
+    Args:
+        keys: uint64 ``[B]`` row keys (see :func:`row_keys`).
+        length: row length ``L``.
+        noise_density: fraction of tokens that are noise.
+        mean_noise_span_length: average noise span length.
+
+    Returns:
+        bool ``[B, L]``, True at noise positions. Every row has the same number of noise tokens
+        and spans (:func:`noise_span_counts`), starts with non-noise and ends with noise.
+    """
+    _check_noise_args(noise_density, mean_noise_span_length)
+    keys = np.asarray(keys, dtype=np.uint64).reshape(-1)
+    num_noise, num_spans = _checked_counts(int(length), noise_density, mean_noise_span_length)
+    noise_lengths, nonnoise_lengths = _span_lengths(keys, length, num_noise, num_spans)
+    ends = np.cumsum(noise_lengths, axis=1) + np.cumsum(nonnoise_lengths, axis=1)
+    starts = ends - noise_lengths
+    batch = keys.shape[0]
+    # +1 at each span start, -1 at each span end; the running sum is 1 inside spans.
+    delta = np.zeros((batch, length + 1), dtype=np.int8)
+    rows = np.arange(batch)[:, None]
+    delta[rows, starts] = 1
+    delta[rows, ends] = -1
+    return np.cumsum(delta[:, :length], axis=1, dtype=np.int8).astype(bool)
+
+
+# --------------------------------------------------------------------------------------------
+# Collator
+# --------------------------------------------------------------------------------------------
+def _stack_rows(samples: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, list[int], list[int]]:
+    """Stack ``samples[i]['tokens']`` into int64 ``[B, L]``; also return epochs and sample indices."""
+    rows, epochs, indices = [], [], []
+    for i, sample in enumerate(samples):
+        try:
+            tokens, epoch, index = sample['tokens'], sample['epoch'], sample['sample_idx']
+        except KeyError as err:
+            raise KeyError(
+                f"sample {i} lacks {err.args[0]!r} (has {sorted(sample)}); span masks are seeded by "
+                "(seed, epoch, sample_idx), so each sample needs 'tokens', 'sample_idx' and 'epoch'",
+            ) from None
+        if isinstance(tokens, torch.Tensor):
+            tokens = tokens.detach().cpu().numpy()
+        elif not isinstance(tokens, np.ndarray):
+            tokens = np.asarray(tokens)
+        rows.append(tokens)
+        epochs.append(int(epoch))
+        indices.append(int(index))
+    shapes = {r.shape for r in rows}
+    if len(shapes) != 1:
+        raise ValueError(
+            'all rows of a batch must be 1-D with the same length (the expanded length from '
+            f'random_spans_helper), got shapes {sorted(shapes)}',
+        )
+    if rows[0].ndim != 1:
+        raise ValueError(f'tokens must be 1-D, got shape {rows[0].shape}')
+    stacked = np.stack(rows)
+    if stacked.size and not np.issubdtype(stacked.dtype, np.integer):
+        raise ValueError(f'tokens must be integers, got dtype {stacked.dtype}')
+    return stacked.astype(np.int64, copy=False), epochs, indices
+
+
+class SpanCorruptionCollator:
+    """Collate raw rows into T5 span-corruption batches (vectorised over the batch).
+
+    Each noise span becomes one sentinel in the encoder input; the target lists, for each span
+    ``k``, ``sentinel_ids[k]`` then the span's tokens, and ends with EOS.
+
+    Args:
+        sentinel_ids: ``sentinel_ids[k]`` is the tokenizer's id of ``<extra_id_k>``.
+        eos_id: id appended to inputs and labels.
+        decoder_start_id: first decoder input id (T5: the pad id, 0).
+        noise_density: fraction of raw tokens that are noise.
+        mean_noise_span_length: average noise span length.
+        seed: run seed; masks are a function of ``(seed, epoch, sample_idx)``.
+    """
+
+    def __init__(
+        self,
+        *,
+        sentinel_ids: Sequence[int],
+        eos_id: int,
+        decoder_start_id: int = 0,
+        noise_density: float = 0.15,
+        mean_noise_span_length: float = 3.0,
+        seed: int = 0,
+    ) -> None:
+        _check_noise_args(noise_density, mean_noise_span_length)
+        sentinels = np.asarray(list(sentinel_ids), dtype=np.int64)
+        if sentinels.ndim != 1 or sentinels.size == 0:
+            raise ValueError('sentinel_ids must be a non-empty sequence of token ids')
+        if len(np.unique(sentinels)) != sentinels.size:
+            raise ValueError('sentinel_ids must be distinct')
+        self.sentinel_ids = sentinels
+        self.eos_id = int(eos_id)
+        self.decoder_start_id = int(decoder_start_id)
+        self.noise_density = float(noise_density)
+        self.mean_noise_span_length = float(mean_noise_span_length)
+        self.seed = int(seed)
+
+    def __repr__(self) -> str:
+        return (
+            f'{type(self).__name__}(num_sentinels={self.sentinel_ids.size}, eos_id={self.eos_id}, '
+            f'decoder_start_id={self.decoder_start_id}, noise_density={self.noise_density}, '
+            f'mean_noise_span_length={self.mean_noise_span_length}, seed={self.seed})'
+        )
+
+    def output_lengths(self, length: int) -> tuple[int, int]:
+        """Encoder and decoder lengths for raw rows of ``length`` tokens.
+
+        Args:
+            length: raw row length.
+
+        Returns:
+            ``(inputs_length, targets_length)``.
+        """
+        num_noise, num_spans = _checked_counts(int(length), self.noise_density, self.mean_noise_span_length)
+        return length - num_noise + num_spans + 1, num_noise + num_spans + 1
+
+    def corrupt(self, tokens: np.ndarray, keys: np.ndarray) -> dict[str, np.ndarray]:
+        """Span-corrupt a ``[B, L]`` int array with explicit row keys (numpy in, numpy out).
+
+        Args:
+            tokens: int64 ``[B, L]``.
+            keys: uint64 ``[B]`` row keys.
+
+        Returns:
+            dict of int64 arrays ``input_ids``, ``labels``, ``decoder_input_ids``.
+        """
+        tokens = np.asarray(tokens, dtype=np.int64)
+        keys = np.asarray(keys, dtype=np.uint64).reshape(-1)
+        if tokens.ndim != 2 or keys.shape[0] != tokens.shape[0]:
+            raise ValueError(f'tokens must be [B, L] with one key per row, got {tokens.shape} and {keys.shape}')
+        batch, length = tokens.shape
+        num_noise, num_spans = _checked_counts(length, self.noise_density, self.mean_noise_span_length)
+        if num_spans > self.sentinel_ids.size:
+            raise ValueError(
+                f'span corruption of rows of length {length} needs {num_spans} sentinel tokens but the '
+                f'tokenizer has {self.sentinel_ids.size} <extra_id_k> tokens; lower input_length or '
+                'noise_density, raise mean_noise_span_length, or use a tokenizer with more extra_ids',
+            )
+        noise_lengths, nonnoise_lengths = _span_lengths(keys, length, num_noise, num_spans)
+        noise_ends = np.cumsum(noise_lengths, axis=1)  # within the target's noise stream
+        nonnoise_ends = np.cumsum(nonnoise_lengths, axis=1)
+        span_ends = noise_ends + nonnoise_ends  # exclusive, in the raw row
+        k = np.arange(num_spans)
+        sentinels = self.sentinel_ids[:num_spans]
+
+        # Inputs: non-noise run k (raw start span_ends[k-1]) is followed by <extra_id_k>.
+        run_out_start = nonnoise_ends - nonnoise_lengths + k
+        run_src_start = span_ends - noise_lengths - nonnoise_lengths
+        inputs = _gather_runs(
+            tokens,
+            out_starts=run_out_start,
+            src_starts=run_src_start,
+            out_length=length - num_noise + num_spans,
+            sentinel_positions=nonnoise_ends + k,
+            sentinels=sentinels,
+            eos_id=self.eos_id,
+        )
+        # Labels: <extra_id_k> is followed by noise span k (raw start span_ends[k] - len).
+        span_out_start = noise_ends - noise_lengths + k + 1
+        labels = _gather_runs(
+            tokens,
+            out_starts=span_out_start,
+            src_starts=span_ends - noise_lengths,
+            out_length=num_noise + num_spans,
+            sentinel_positions=span_out_start - 1,
+            sentinels=sentinels,
+            eos_id=self.eos_id,
+        )
+
+        decoder_input_ids = np.empty_like(labels)
+        decoder_input_ids[:, 0] = self.decoder_start_id
+        decoder_input_ids[:, 1:] = labels[:, :-1]
+        return {'input_ids': inputs, 'labels': labels, 'decoder_input_ids': decoder_input_ids}
+
+    def __call__(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        """Collate samples ``{'tokens', 'sample_idx', 'epoch'}`` into LongTensors.
+
+        Args:
+            samples: equal-length rows (numpy arrays, torch tensors or lists) with their global
+                sample index and epoch.
+
+        Returns:
+            ``input_ids [B, Li]``, ``labels [B, Lt]``, ``decoder_input_ids [B, Lt]``.
+        """
+        if len(samples) == 0:
+            raise ValueError('cannot collate an empty batch')
+        tokens, epochs, indices = _stack_rows(samples)
+        keys = row_keys(self.seed, epochs, indices)
+        out = self.corrupt(tokens, keys)
+        return {name: torch.from_numpy(arr) for name, arr in out.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Straightforward per-example reference (HF run_t5_mlm_flax style), for tests and benchmarks
+# --------------------------------------------------------------------------------------------
+def reference_random_spans_noise_mask(
+    length: int,
+    noise_density: float,
+    mean_noise_span_length: float,
+    rng: np.random.Generator | np.random.RandomState | None = None,
+) -> np.ndarray:
+    """One row's noise mask, the plain per-example way (shuffle-based random segmentation).
+
+    Args:
+        length: row length.
+        noise_density: fraction of tokens that are noise.
+        mean_noise_span_length: average noise span length.
+        rng: numpy Generator/RandomState; None uses the global ``np.random`` (as HF does).
+
+    Returns:
+        bool ``[length]``.
+    """
+    shuffle = (rng if rng is not None else np.random).shuffle
+    num_noise, num_spans = noise_span_counts(length, noise_density, mean_noise_span_length)
+    num_nonnoise = length - num_noise
+
+    def random_segmentation(num_items: int, num_segments: int) -> np.ndarray:
+        first_in_segment = np.arange(num_items - 1) < (num_segments - 1)
+        shuffle(first_in_segment)
+        first_in_segment = np.pad(first_in_segment, [[1, 0]])
+        segment_id = np.cumsum(first_in_segment)
+        _, segment_length = np.unique(segment_id, return_counts=True)
+        return segment_length
+
+    noise_span_lengths = random_segmentation(num_noise, num_spans)
+    nonnoise_span_lengths = random_segmentation(num_nonnoise, num_spans)
+    interleaved = np.reshape(np.stack([nonnoise_span_lengths, noise_span_lengths], axis=1), [num_spans * 2])
+    span_starts = np.cumsum(interleaved)[:-1]
+    span_start_indicator = np.zeros((length,), dtype=np.int8)
+    span_start_indicator[span_starts] = True
+    span_num = np.cumsum(span_start_indicator)
+    is_noise = np.equal(span_num % 2, 1)
+    return is_noise[:length]
+
+
+def per_example_span_corruption(
+    tokens: Any,
+    *,
+    sentinel_ids: Sequence[int],
+    eos_id: int,
+    decoder_start_id: int = 0,
+    noise_density: float = 0.15,
+    mean_noise_span_length: float = 3.0,
+    rng: np.random.Generator | np.random.RandomState | None = None,
+) -> dict[str, np.ndarray]:
+    """Per-example span corruption with numpy RNG: the baseline the collator is measured against.
+
+    For each row: draw a mask, mark span starts, replace each span by its sentinel and drop the
+    rest of the span (inputs), and the same on the inverted mask (labels); append EOS.
+
+    Args:
+        tokens: ``[B, L]`` int rows.
+        sentinel_ids: ids of ``<extra_id_0>, <extra_id_1>, ...``.
+        eos_id: id appended to inputs and labels.
+        decoder_start_id: first decoder input id.
+        noise_density: fraction of tokens that are noise.
+        mean_noise_span_length: average noise span length.
+        rng: numpy Generator/RandomState; None uses the global ``np.random``.
+
+    Returns:
+        dict of int64 arrays ``input_ids``, ``labels``, ``decoder_input_ids``.
+    """
+    sentinels = np.asarray(list(sentinel_ids), dtype=np.int64)
+
+    def filter_ids(row: np.ndarray, keep_mask: np.ndarray) -> np.ndarray:
+        # keep_mask marks the tokens that are replaced by sentinels; each run -> one sentinel.
+        starts = keep_mask & ~np.concatenate([[False], keep_mask[:-1]])
+        span_index = np.cumsum(starts) - 1
+        out = np.where(starts, sentinels[np.clip(span_index, 0, None)], row)
+        drop = keep_mask & ~starts
+        return np.concatenate([out[~drop], [eos_id]])
+
+    inputs, labels = [], []
+    for row in np.asarray(tokens, dtype=np.int64):
+        mask = reference_random_spans_noise_mask(len(row), noise_density, mean_noise_span_length, rng)
+        inputs.append(filter_ids(row, mask))
+        labels.append(filter_ids(row, ~mask))
+    labels_arr = np.stack(labels)
+    decoder_input_ids = np.concatenate(
+        [np.full((labels_arr.shape[0], 1), decoder_start_id, dtype=np.int64), labels_arr[:, :-1]],
+        axis=1,
+    )
+    return {'input_ids': np.stack(inputs), 'labels': labels_arr, 'decoder_input_ids': decoder_input_ids}

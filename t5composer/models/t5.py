@@ -1,0 +1,643 @@
+"""A readable T5 (v1.1 and the original), top to bottom in one file.
+
+The module tree mirrors ``transformers.T5ForConditionalGeneration`` so that ``state_dict()`` keys
+are identical and Hugging Face weights load with ``load_state_dict`` and no conversion:
+
+    shared                                  token embedding (also encoder/decoder.embed_tokens)
+    encoder.block.{i}.layer.0               self-attention   (SelfAttention, layer_norm)
+    encoder.block.{i}.layer.1               feed-forward     (DenseReluDense, layer_norm)
+    encoder.final_layer_norm
+    decoder.block.{i}.layer.0               causal self-attention
+    decoder.block.{i}.layer.1               cross-attention  (EncDecAttention, layer_norm)
+    decoder.block.{i}.layer.2               feed-forward
+    decoder.final_layer_norm
+    lm_head
+
+T5 specifics worth knowing when reading the code:
+- Pre-norm residual blocks with RMS norm (no mean subtraction, no bias).
+- No 1/sqrt(d_kv) scaling in attention (it is folded into the q initialisation instead).
+- Positions enter only through a learned relative-position bias added to the attention scores.
+  Only block 0 of each stack owns the bias table; the bias is computed once per stack and the
+  same tensor is added by every layer's self-attention. Cross-attention has no position bias.
+- v1.1 uses a gated-GELU FFN and an untied lm_head; the original T5 uses ReLU and ties lm_head to
+  the embedding, rescaling the decoder output by d_model**-0.5 first.
+
+Attention runs through ``F.scaled_dot_product_attention`` with ``scale=1.0`` and an additive
+``attn_mask`` = position bias (+ causal mask) (+ padding mask).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+import transformers
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+__all__ = [
+    'T5Attention',
+    'T5Block',
+    'T5ForConditionalGeneration',
+    'T5LayerNorm',
+    'T5Output',
+    'T5Stack',
+    'relative_position_bucket',
+    'shift_right',
+]
+
+
+class T5Output(NamedTuple):
+    """What ``T5ForConditionalGeneration.forward`` returns when ``labels`` are given.
+
+    A NamedTuple (not a dataclass) so it unpacks as ``loss, logits = model(...)`` and is trivially
+    traceable by torch.compile.
+    """
+
+    loss: torch.Tensor
+    logits: torch.Tensor
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------------
+
+
+class T5LayerNorm(nn.Module):
+    """RMS norm: scale only, no mean subtraction and no bias.
+
+    The statistic is computed in fp32 and the result cast to the weight's dtype, as in
+    Hugging Face's implementation, so bf16 weights give bf16 activations.
+
+    Args:
+        hidden_size: size of the last dimension.
+        eps: added to the mean square before the reciprocal square root.
+    """
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        x = hidden_states.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * x.to(self.weight.dtype)
+
+
+def _activation(name: str):
+    # HF's "gelu_new" (the v1.1 default) is the tanh approximation of GELU.
+    if name in ('gelu_new', 'gelu_pytorch_tanh', 'gelu_fast'):
+        return lambda x: F.gelu(x, approximate='tanh')
+    if name == 'gelu':
+        return F.gelu
+    if name == 'relu':
+        return F.relu
+    if name in ('silu', 'swish'):
+        return F.silu
+    raise ValueError(f"Unsupported T5 activation '{name}' (expected gelu_new, gelu, relu or silu).")
+
+
+class T5DenseActDense(nn.Module):
+    """Original T5 FFN: wo(dropout(act(wi(x)))).
+
+    Args:
+        config: the model config (d_model, d_ff, dense_act_fn, dropout_rate).
+    """
+
+    def __init__(self, config: transformers.T5Config) -> None:
+        super().__init__()
+        self.wi = nn.Linear(config.d_model, config.d_ff, bias=False)
+        self.wo = nn.Linear(config.d_ff, config.d_model, bias=False)
+        self.dropout = nn.Dropout(config.dropout_rate)
+        self.act = _activation(config.dense_act_fn)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.wo(self.dropout(self.act(self.wi(x))))
+
+
+class T5DenseGatedActDense(nn.Module):
+    """T5 v1.1 FFN: wo(dropout(act(wi_0(x)) * wi_1(x))).
+
+    Args:
+        config: the model config (d_model, d_ff, dense_act_fn, dropout_rate).
+    """
+
+    def __init__(self, config: transformers.T5Config) -> None:
+        super().__init__()
+        self.wi_0 = nn.Linear(config.d_model, config.d_ff, bias=False)
+        self.wi_1 = nn.Linear(config.d_model, config.d_ff, bias=False)
+        self.wo = nn.Linear(config.d_ff, config.d_model, bias=False)
+        self.dropout = nn.Dropout(config.dropout_rate)
+        self.act = _activation(config.dense_act_fn)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.wo(self.dropout(self.act(self.wi_0(x)) * self.wi_1(x)))
+
+
+def relative_position_bucket(
+    relative_position: torch.Tensor,
+    *,
+    bidirectional: bool,
+    num_buckets: int,
+    max_distance: int,
+) -> torch.Tensor:
+    """Map relative positions (key - query) to bucket ids, as in Mesh TensorFlow's T5.
+
+    Half the buckets hold exact small distances; the rest cover distances up to
+    ``max_distance`` logarithmically, and everything further shares the last bucket. When
+    bidirectional, the buckets are split between keys before and after the query; otherwise
+    (causal decoder) only keys at or before the query get distinct buckets.
+
+    Args:
+        relative_position: integer tensor of ``key_pos - query_pos``.
+        bidirectional: encoder (True) or causal decoder (False).
+        num_buckets: total number of buckets.
+        max_distance: distances at or beyond this share the last bucket.
+
+    Returns:
+        Long tensor of bucket ids in ``[0, num_buckets)``, same shape as the input.
+    """
+    buckets = torch.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        buckets = buckets + (relative_position > 0).long() * num_buckets
+        distance = relative_position.abs()
+    else:
+        # Future keys (positive offsets) collapse to distance 0; the causal mask hides them.
+        distance = (-relative_position).clamp(min=0)
+    max_exact = num_buckets // 2
+    is_small = distance < max_exact
+    # distance.float() is 0 for small distances -> log(0) = -inf; torch.where discards it.
+    log_bucket = max_exact + (
+        torch.log(distance.float() / max_exact) / math.log(max_distance / max_exact) * (num_buckets - max_exact)
+    ).long()
+    log_bucket = log_bucket.clamp(max=num_buckets - 1)
+    return buckets + torch.where(is_small, distance, log_bucket)
+
+
+class T5Attention(nn.Module):
+    """Multi-head attention without biases or score scaling, optionally owning the position bias.
+
+    Args:
+        config: the model config (d_model, d_kv, num_heads, dropout_rate, relative_* fields).
+        has_relative_attention_bias: whether this layer owns the ``relative_attention_bias``
+            table (only block 0's self-attention does).
+        bidirectional: position buckets for encoder (True) or causal decoder (False).
+    """
+
+    def __init__(self, config: transformers.T5Config, *, has_relative_attention_bias: bool, bidirectional: bool) -> None:
+        super().__init__()
+        self.n_heads = config.num_heads
+        self.d_kv = config.d_kv
+        self.inner_dim = self.n_heads * self.d_kv
+        self.dropout = config.dropout_rate
+        self.bidirectional = bidirectional
+        self.has_relative_attention_bias = has_relative_attention_bias
+        self.relative_attention_num_buckets = config.relative_attention_num_buckets
+        self.relative_attention_max_distance = config.relative_attention_max_distance
+
+        self.q = nn.Linear(config.d_model, self.inner_dim, bias=False)
+        self.k = nn.Linear(config.d_model, self.inner_dim, bias=False)
+        self.v = nn.Linear(config.d_model, self.inner_dim, bias=False)
+        self.o = nn.Linear(self.inner_dim, config.d_model, bias=False)
+        if has_relative_attention_bias:
+            self.relative_attention_bias = nn.Embedding(self.relative_attention_num_buckets, self.n_heads)
+
+    def compute_bias(self, query_length: int, key_length: int, *, query_offset: int = 0) -> torch.Tensor:
+        """Relative position bias ``[1, n_heads, query_length, key_length]`` (table dtype).
+
+        Args:
+            query_length: number of query positions.
+            key_length: number of key positions.
+            query_offset: absolute position of the first query (non-zero once a KV cache holds
+                earlier keys).
+        """
+        device = self.relative_attention_bias.weight.device
+        query_pos = torch.arange(query_offset, query_offset + query_length, device=device)[:, None]
+        key_pos = torch.arange(key_length, device=device)[None, :]
+        buckets = relative_position_bucket(
+            key_pos - query_pos,
+            bidirectional=self.bidirectional,
+            num_buckets=self.relative_attention_num_buckets,
+            max_distance=self.relative_attention_max_distance,
+        )
+        values = self.relative_attention_bias(buckets)  # [q, k, H]
+        return values.permute(2, 0, 1).unsqueeze(0)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        # [B, L, H*d_kv] -> [B, H, L, d_kv]
+        return x.view(x.shape[0], x.shape[1], self.n_heads, self.d_kv).transpose(1, 2)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        *,
+        attn_bias: torch.Tensor | None,
+        key_value_states: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Attend from ``hidden_states`` to itself, or to ``key_value_states`` (cross-attention).
+
+        Args:
+            hidden_states: queries' input ``[B, Lq, d_model]``.
+            attn_bias: additive bias broadcastable to ``[B, H, Lq, Lk]`` in the compute dtype
+                (position bias and masks), or None.
+            key_value_states: encoder output ``[B, Lk, d_model]`` for cross-attention; None for
+                self-attention. (A KV cache would slot in here: project k/v once and reuse.)
+
+        Returns:
+            ``[B, Lq, d_model]``.
+        """
+        kv_input = hidden_states if key_value_states is None else key_value_states
+        q = self._heads(self.q(hidden_states))
+        k = self._heads(self.k(kv_input))
+        v = self._heads(self.v(kv_input))
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attn_bias,
+            dropout_p=self.dropout if self.training else 0.0,
+            scale=1.0,  # T5 does not scale scores; the q init accounts for it
+        )
+        out = out.transpose(1, 2).reshape(hidden_states.shape[0], hidden_states.shape[1], self.inner_dim)
+        return self.o(out)
+
+
+class T5LayerSelfAttention(nn.Module):
+    """Pre-norm self-attention sublayer with residual: x + dropout(attn(norm(x))).
+
+    Args:
+        config: the model config.
+        has_relative_attention_bias: whether this layer owns the bias table (block 0).
+        is_decoder: causal decoder (True) or encoder (False).
+    """
+
+    def __init__(self, config: transformers.T5Config, *, has_relative_attention_bias: bool, is_decoder: bool) -> None:
+        super().__init__()
+        self.SelfAttention = T5Attention(
+            config,
+            has_relative_attention_bias=has_relative_attention_bias,
+            bidirectional=not is_decoder,
+        )
+        self.layer_norm = T5LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
+        self.dropout = nn.Dropout(config.dropout_rate)
+
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
+        return x + self.dropout(self.SelfAttention(self.layer_norm(x), attn_bias=attn_bias))
+
+
+class T5LayerCrossAttention(nn.Module):
+    """Pre-norm cross-attention sublayer with residual (no position bias).
+
+    Args:
+        config: the model config.
+    """
+
+    def __init__(self, config: transformers.T5Config) -> None:
+        super().__init__()
+        self.EncDecAttention = T5Attention(config, has_relative_attention_bias=False, bidirectional=True)
+        self.layer_norm = T5LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
+        self.dropout = nn.Dropout(config.dropout_rate)
+
+    def forward(self, x: torch.Tensor, encoder_hidden_states: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
+        attn = self.EncDecAttention(self.layer_norm(x), attn_bias=attn_bias, key_value_states=encoder_hidden_states)
+        return x + self.dropout(attn)
+
+
+class T5LayerFF(nn.Module):
+    """Pre-norm feed-forward sublayer with residual.
+
+    Args:
+        config: the model config (``is_gated_act`` picks gated v1.1 or the original FFN).
+    """
+
+    def __init__(self, config: transformers.T5Config) -> None:
+        super().__init__()
+        self.DenseReluDense = T5DenseGatedActDense(config) if config.is_gated_act else T5DenseActDense(config)
+        self.layer_norm = T5LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
+        self.dropout = nn.Dropout(config.dropout_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.dropout(self.DenseReluDense(self.layer_norm(x)))
+
+
+class T5Block(nn.Module):
+    """One encoder block (self-attn, FFN) or decoder block (self-attn, cross-attn, FFN).
+
+    Args:
+        config: the model config.
+        has_relative_attention_bias: True for block 0 only.
+        is_decoder: decoder block (adds cross-attention) or encoder block.
+    """
+
+    def __init__(self, config: transformers.T5Config, *, has_relative_attention_bias: bool, is_decoder: bool) -> None:
+        super().__init__()
+        self.is_decoder = is_decoder
+        layers: list[nn.Module] = [
+            T5LayerSelfAttention(config, has_relative_attention_bias=has_relative_attention_bias, is_decoder=is_decoder),
+        ]
+        if is_decoder:
+            layers.append(T5LayerCrossAttention(config))
+        layers.append(T5LayerFF(config))
+        self.layer = nn.ModuleList(layers)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        self_attn_bias: torch.Tensor | None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        cross_attn_bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        hidden_states = self.layer[0](hidden_states, self_attn_bias)
+        if self.is_decoder:
+            hidden_states = self.layer[1](hidden_states, encoder_hidden_states, cross_attn_bias)
+        return self.layer[-1](hidden_states)
+
+
+# ---------------------------------------------------------------------------------------------
+# Masks
+# ---------------------------------------------------------------------------------------------
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """dtype the attention inputs will have: the autocast dtype inside autocast, else x's."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def _padding_to_bias(bias: torch.Tensor | None, mask: torch.Tensor, neg: float) -> torch.Tensor:
+    """Put ``neg`` where ``mask == 0`` (mask ``[B, Lk]``), broadcast against ``bias``.
+
+    Masked entries are *replaced* (not added to) so two masks never sum to -inf; a fully
+    masked row then becomes uniform rather than NaN, as in Hugging Face's T5.
+    """
+    keep = (mask != 0)[:, None, None, :]
+    if bias is None:
+        return torch.where(keep, 0.0, neg)
+    return torch.where(keep, bias, neg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stacks and the full model
+# ---------------------------------------------------------------------------------------------
+
+
+class T5Stack(nn.Module):
+    """Encoder or decoder: embedding, blocks, final norm.
+
+    Attributes:
+        gradient_checkpointing: when True and training, each block's activations are recomputed
+            in backward (``torch.utils.checkpoint`` with ``use_reentrant=False``).
+
+    Args:
+        config: the model config.
+        embed_tokens: the shared token embedding module.
+        is_decoder: decoder (causal, with cross-attention) or encoder.
+    """
+
+    def __init__(self, config: transformers.T5Config, embed_tokens: nn.Embedding, *, is_decoder: bool) -> None:
+        super().__init__()
+        self.is_decoder = is_decoder
+        self.embed_tokens = embed_tokens
+        n_layers = config.num_decoder_layers if is_decoder else config.num_layers
+        self.block = nn.ModuleList(
+            [T5Block(config, has_relative_attention_bias=(i == 0), is_decoder=is_decoder) for i in range(n_layers)],
+        )
+        self.final_layer_norm = T5LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
+        self.dropout = nn.Dropout(config.dropout_rate)
+        self.gradient_checkpointing = False
+
+    def _self_attn_bias(self, length: int, attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        """Position bias (+ causal mask) (+ padding mask), once for the whole stack, in ``dtype``."""
+        # The masked value is the *compute* dtype's min: fp32's min would round to -inf in
+        # bf16/fp16, and a row that is entirely -inf turns softmax into NaN.
+        neg = torch.finfo(dtype).min
+        bias = self.block[0].layer[0].SelfAttention.compute_bias(length, length).float()
+        if self.is_decoder:
+            causal = torch.ones(length, length, dtype=torch.bool, device=bias.device).tril()
+            bias = bias.masked_fill(~causal, neg)
+        if attention_mask is not None:
+            bias = _padding_to_bias(bias, attention_mask, neg)
+        return bias.to(dtype)  # cast once here, not in every layer
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Run the stack.
+
+        Args:
+            input_ids: ``[B, L]`` token ids.
+            attention_mask: ``[B, L]``, 1 for real tokens and 0 for padding; None = no padding
+                (no mask tensor is built at all in that case).
+            encoder_hidden_states: ``[B, Le, d_model]`` (decoder only).
+            encoder_attention_mask: ``[B, Le]`` padding mask of the encoder input (decoder only).
+
+        Returns:
+            ``[B, L, d_model]`` hidden states after the final norm and dropout.
+        """
+        hidden = self.dropout(self.embed_tokens(input_ids))
+        dtype = _compute_dtype(hidden)
+        self_bias = self._self_attn_bias(input_ids.shape[1], attention_mask, dtype)
+        cross_bias = None
+        if self.is_decoder and encoder_attention_mask is not None:
+            cross_bias = _padding_to_bias(None, encoder_attention_mask, torch.finfo(dtype).min).to(dtype)
+
+        for block in self.block:
+            if self.gradient_checkpointing and self.training:
+                hidden = checkpoint(block, hidden, self_bias, encoder_hidden_states, cross_bias, use_reentrant=False)
+            else:
+                hidden = block(hidden, self_bias, encoder_hidden_states, cross_bias)
+        return self.dropout(self.final_layer_norm(hidden))
+
+
+def shift_right(labels: torch.Tensor, *, decoder_start_token_id: int, pad_token_id: int) -> torch.Tensor:
+    """Teacher-forcing decoder inputs: labels shifted one to the right, start token first.
+
+    Ignored label positions (-100) become ``pad_token_id``.
+
+    Args:
+        labels: ``[B, L]`` target ids (may contain -100).
+        decoder_start_token_id: id placed at position 0 (T5: the pad id, 0).
+        pad_token_id: replacement for -100.
+    """
+    shifted = torch.full_like(labels, decoder_start_token_id)
+    shifted[:, 1:] = labels[:, :-1]
+    return shifted.masked_fill(shifted == -100, pad_token_id)
+
+
+class T5ForConditionalGeneration(nn.Module):
+    """T5 encoder-decoder language model with HF-compatible parameter names.
+
+    ``forward`` returns the logits ``[B, Lt, V]``; when ``labels`` are given it returns
+    :class:`T5Output` ``(loss, logits)`` with the loss = mean cross-entropy (fp32) over labels
+    != -100. Weights are initialised on construction exactly as transformers' T5 does
+    (see :meth:`init_weights`).
+
+    Args:
+        config: a ``transformers.T5Config`` (see ``load_model_config``).
+        lm_head_std: optional std for the untied lm_head init (default: the reference's 1.0 *
+            initializer_factor, which gives a first loss around 60; ``d_model**-0.5`` is saner).
+    """
+
+    def __init__(self, config: transformers.T5Config, *, lm_head_std: float | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.model_dim = config.d_model
+        self.shared = nn.Embedding(config.vocab_size, config.d_model)
+        self.encoder = T5Stack(config, self.shared, is_decoder=False)
+        self.decoder = T5Stack(config, self.shared, is_decoder=True)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.shared.weight
+        self.init_weights(lm_head_std=lm_head_std)
+
+    # -- init ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module, lm_head_std: float | None = None) -> None:
+        """Initialise one module the way transformers' ``T5PreTrainedModel._init_weights`` does."""
+        cfg = self.config
+        f = cfg.initializer_factor
+        if isinstance(module, T5LayerNorm):
+            module.weight.fill_(f * 1.0)
+        elif isinstance(module, T5ForConditionalGeneration):
+            module.shared.weight.normal_(0.0, f * 1.0)
+            if not cfg.tie_word_embeddings:
+                std = f * 1.0 if lm_head_std is None else lm_head_std
+                module.lm_head.weight.normal_(0.0, std)
+        elif isinstance(module, T5DenseGatedActDense):
+            module.wi_0.weight.normal_(0.0, f * cfg.d_model**-0.5)
+            module.wi_1.weight.normal_(0.0, f * cfg.d_model**-0.5)
+            module.wo.weight.normal_(0.0, f * cfg.d_ff**-0.5)
+        elif isinstance(module, T5DenseActDense):
+            module.wi.weight.normal_(0.0, f * cfg.d_model**-0.5)
+            module.wo.weight.normal_(0.0, f * cfg.d_ff**-0.5)
+        elif isinstance(module, T5Attention):
+            module.q.weight.normal_(0.0, f * (cfg.d_model * cfg.d_kv) ** -0.5)
+            module.k.weight.normal_(0.0, f * cfg.d_model**-0.5)
+            module.v.weight.normal_(0.0, f * cfg.d_model**-0.5)
+            module.o.weight.normal_(0.0, f * (cfg.num_heads * cfg.d_kv) ** -0.5)
+            if module.has_relative_attention_bias:
+                module.relative_attention_bias.weight.normal_(0.0, f * cfg.d_model**-0.5)
+
+    def init_weights(self, lm_head_std: float | None = None) -> None:
+        """(Re-)initialise all weights.
+
+        Args:
+            lm_head_std: std of the untied lm_head; None keeps transformers' ``1.0 *
+                initializer_factor``. Ignored when the lm_head is tied to the embedding.
+        """
+        for module in self.modules():
+            self._init_weights(module, lm_head_std=lm_head_std)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Number of (unique) parameters.
+
+        Args:
+            exclude_embeddings: leave out the token embedding table ``shared`` (the lm_head is a
+                matmul and is counted unless it is tied to ``shared``).
+        """
+        params = list(self.parameters())  # deduplicates tied/shared tensors
+        if exclude_embeddings:
+            params = [p for p in params if p is not self.shared.weight]
+        return sum(p.numel() for p in params)
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Turn activation checkpointing of every block on or off in both stacks."""
+        self.encoder.gradient_checkpointing = enabled
+        self.decoder.gradient_checkpointing = enabled
+
+    # Composer looks these up on the ComposerModel's children when FSDP / activation
+    # checkpointing is configured through the Trainer: one unit per block.
+    def fsdp_wrap_fn(self, module: nn.Module) -> bool:
+        """FSDP auto-wrap policy: wrap each :class:`T5Block`."""
+        return isinstance(module, T5Block)
+
+    def activation_checkpointing_fn(self, module: nn.Module) -> bool:
+        """Composer's activation checkpointing policy: checkpoint each :class:`T5Block`."""
+        return isinstance(module, T5Block)
+
+    # -- forward ------------------------------------------------------------------------------
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Encoder hidden states ``[B, Le, d_model]``.
+
+        Args:
+            input_ids: ``[B, Le]`` encoder token ids.
+            attention_mask: ``[B, Le]`` 1/0 padding mask, or None for unpadded rows.
+        """
+        return self.encoder(input_ids, attention_mask=attention_mask)
+
+    def decode(
+        self,
+        decoder_input_ids: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Decoder logits ``[B, Lt, V]`` given encoder outputs.
+
+        Args:
+            decoder_input_ids: ``[B, Lt]`` decoder input ids (shifted targets).
+            encoder_hidden_states: output of :meth:`encode`.
+            encoder_attention_mask: ``[B, Le]`` encoder padding mask, or None.
+            decoder_attention_mask: ``[B, Lt]`` decoder padding mask, or None.
+        """
+        hidden = self.decoder(
+            decoder_input_ids,
+            attention_mask=decoder_attention_mask,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
+        )
+        if self.config.tie_word_embeddings:
+            # Original T5 rescales before the tied projection (Mesh TensorFlow convention).
+            hidden = hidden * (self.model_dim**-0.5)
+        return self.lm_head(hidden)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        decoder_input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor | T5Output:
+        """Encode, decode, project to the vocabulary.
+
+        Args:
+            input_ids: ``[B, Le]`` encoder ids.
+            decoder_input_ids: ``[B, Lt]`` decoder ids; if None, built from ``labels`` by
+                :func:`shift_right`.
+            attention_mask: ``[B, Le]`` encoder padding mask (1 = token), or None.
+            decoder_attention_mask: ``[B, Lt]`` decoder padding mask, or None.
+            labels: ``[B, Lt]`` targets with -100 for ignored positions, or None.
+
+        Returns:
+            logits ``[B, Lt, V]`` if ``labels`` is None, else ``T5Output(loss, logits)``.
+        """
+        if decoder_input_ids is None:
+            if labels is None:
+                raise ValueError('Pass decoder_input_ids or labels (to shift right).')
+            if self.config.decoder_start_token_id is None:
+                raise ValueError('config.decoder_start_token_id is None; T5 uses the pad id (0).')
+            decoder_input_ids = shift_right(
+                labels,
+                decoder_start_token_id=self.config.decoder_start_token_id,
+                pad_token_id=self.config.pad_token_id,
+            )
+        encoder_hidden_states = self.encode(input_ids, attention_mask)
+        logits = self.decode(decoder_input_ids, encoder_hidden_states, attention_mask, decoder_attention_mask)
+        if labels is None:
+            return logits
+        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+        return T5Output(loss=loss, logits=logits)

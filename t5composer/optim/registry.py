@@ -1,0 +1,244 @@
+"""Optimizer registry and parameter groups (no weight decay on biases and norm weights).
+
+A builder is any callable ``builder(param_groups, *, lr, [weight_decay], **options) -> Optimizer``
+(an optimizer class qualifies). Its signature is the source of truth for which options a config
+may pass, so a typo in a YAML fails at build time with the list of valid keys.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from t5composer.optim.adamwscale import AdamWScale
+
+__all__ = [
+    'OPTIMIZERS',
+    'OptimizerBuilder',
+    'register_optimizer',
+    'build_optimizer',
+    'param_groups',
+    'is_no_decay',
+]
+
+OptimizerBuilder = Callable[..., Optimizer]
+
+OPTIMIZERS: dict[str, OptimizerBuilder] = {}
+
+# Substrings of parameter names that never get weight decay (nanoT5: bias and norm weights).
+_NO_DECAY_SUBSTRINGS = ('layer_norm', 'norm', 'bias')
+
+
+def register_optimizer(name: str, *, overwrite: bool = False) -> Callable[[OptimizerBuilder], OptimizerBuilder]:
+    """Decorator that registers an optimizer builder under ``name``.
+
+    Args:
+        name: registry key used in configs.
+        overwrite: replace an existing entry instead of raising.
+
+    Returns:
+        The decorator; it returns the builder unchanged.
+
+    Example::
+
+        @register_optimizer('sgd')
+        def build_sgd(params, *, lr, weight_decay=0.0, momentum=0.9):
+            return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f'optimizer name must be a non-empty string, got {name!r}')
+
+    def decorator(builder: OptimizerBuilder) -> OptimizerBuilder:
+        if not callable(builder):
+            raise TypeError(f'optimizer builder for {name!r} must be callable, got {builder!r}')
+        if name in OPTIMIZERS and not overwrite and OPTIMIZERS[name] is not builder:
+            raise ValueError(f'optimizer {name!r} is already registered; pass overwrite=True to replace it')
+        OPTIMIZERS[name] = builder
+        return builder
+
+    return decorator
+
+
+register_optimizer('adamwscale')(AdamWScale)
+register_optimizer('adamw')(torch.optim.AdamW)
+
+
+@register_optimizer('adafactor')
+def build_adafactor(
+    params: Any,
+    *,
+    lr: float,
+    weight_decay: float = 0.0,
+    eps: tuple[float, float] = (1e-30, 1e-3),
+    clip_threshold: float = 1.0,
+    decay_rate: float = -0.8,
+    beta1: float | None = None,
+    scale_parameter: bool = True,
+    relative_step: bool = False,
+    warmup_init: bool = False,
+) -> Optimizer:
+    """HF transformers' Adafactor with an explicit learning rate (nanoT5's 'adafactor').
+
+    Args:
+        params: parameters or parameter groups.
+        lr: learning rate (used as is, since ``relative_step`` is False).
+        weight_decay: weight decay coefficient.
+        eps: regularisation constants for the squared gradient and the parameter scale.
+        clip_threshold: threshold of the root-mean-square of the final update.
+        decay_rate: coefficient for the running average of the squared gradient.
+        beta1: first-moment coefficient (None: no momentum).
+        scale_parameter: scale the learning rate by the parameter's RMS.
+        relative_step: use Adafactor's time-dependent lr instead of ``lr``.
+        warmup_init: warmup variant of the relative step.
+
+    Returns:
+        ``transformers.optimization.Adafactor``.
+    """
+    from transformers.optimization import Adafactor  # imported lazily: transformers is slow to import
+
+    return Adafactor(
+        params,
+        lr=lr,
+        eps=eps,
+        clip_threshold=clip_threshold,
+        decay_rate=decay_rate,
+        beta1=beta1,
+        weight_decay=weight_decay,
+        scale_parameter=scale_parameter,
+        relative_step=relative_step,
+        warmup_init=warmup_init,
+    )
+
+
+def is_no_decay(name: str, param: torch.Tensor) -> bool:
+    """Whether a parameter is excluded from weight decay (biases, norm weights, vectors).
+
+    Args:
+        name: the parameter's qualified name in the model.
+        param: the parameter.
+
+    Returns:
+        True for names containing 'layer_norm', 'norm' or 'bias', or tensors with ndim < 2.
+    """
+    lowered = name.lower()
+    return param.ndim < 2 or any(s in lowered for s in _NO_DECAY_SUBSTRINGS)
+
+
+def param_groups(model: nn.Module, *, weight_decay: float) -> list[dict[str, Any]]:
+    """Split trainable parameters into a decayed and a non-decayed group.
+
+    Args:
+        model: the model.
+        weight_decay: coefficient of the decayed group.
+
+    Returns:
+        Non-empty groups, each ``{'params': [...], 'weight_decay': float}``; the decayed group
+        comes first. (Names stay out of the groups so checkpoints keep torch's plain layout;
+        use :func:`is_no_decay` to see where a parameter goes.)
+    """
+    decay: list[tuple[str, nn.Parameter]] = []
+    no_decay: list[tuple[str, nn.Parameter]] = []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if is_no_decay(name, param) else decay).append((name, param))
+    groups = []
+    for members, wd in ((decay, float(weight_decay)), (no_decay, 0.0)):
+        if members:
+            groups.append({'params': [p for _, p in members], 'weight_decay': wd})
+    return groups
+
+
+def _unknown_name_error(kind: str, name: str, registered: list[str]) -> ValueError:
+    close = difflib.get_close_matches(name, registered, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ''
+    return ValueError(f'unknown {kind} {name!r}{hint} Registered: {", ".join(sorted(registered))}')
+
+
+def builder_options(builder: Callable[..., Any]) -> tuple[list[str], bool]:
+    """Keyword options a builder accepts, and whether it takes arbitrary ``**kwargs``.
+
+    Args:
+        builder: optimizer or scheduler builder (function or class).
+
+    Returns:
+        ``(names, accepts_var_kwargs)``; the first positional parameter (params/state) is skipped.
+    """
+    signature = inspect.signature(builder)
+    names: list[str] = []
+    var_kwargs = False
+    first_positional_seen = False
+    for param in signature.parameters.values():
+        if param.kind is inspect.Parameter.VAR_KEYWORD:
+            var_kwargs = True
+        elif param.kind is inspect.Parameter.VAR_POSITIONAL:
+            continue
+        elif param.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) and (
+            not first_positional_seen
+        ):
+            first_positional_seen = True  # params
+        elif param.kind is not inspect.Parameter.POSITIONAL_ONLY:
+            names.append(param.name)
+    return names, var_kwargs
+
+
+def build_optimizer(
+    model: nn.Module,
+    *,
+    name: str,
+    lr: float,
+    weight_decay: float = 0.0,
+    **kwargs: Any,
+) -> Optimizer:
+    """Build a registered optimizer over ``model``'s parameters.
+
+    Biases, norm weights and other tensors with ndim < 2 get no weight decay.
+
+    Args:
+        model: the model whose trainable parameters are optimised.
+        name: registry key ('adamwscale', 'adafactor', 'adamw', or a registered one).
+        lr: learning rate (>= 0).
+        weight_decay: weight decay of the decayed group (>= 0).
+        **kwargs: optimizer-specific options (e.g. ``betas``, ``eps``); checked against the
+            builder's signature.
+
+    Returns:
+        The optimizer.
+    """
+    if name not in OPTIMIZERS:
+        raise _unknown_name_error('optimizer', name, list(OPTIMIZERS))
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        raise TypeError(f'lr must be a number, got {lr!r}')
+    if not lr >= 0:
+        raise ValueError(f'lr must be >= 0, got {lr}')
+    if not weight_decay >= 0:
+        raise ValueError(f'weight_decay must be >= 0, got {weight_decay}')
+    builder = OPTIMIZERS[name]
+    options, var_kwargs = builder_options(builder)
+    if not var_kwargs:
+        valid = [o for o in options if o not in ('lr', 'weight_decay')]
+        for key in kwargs:
+            if key not in valid:
+                close = difflib.get_close_matches(key, valid, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ''
+                raise ValueError(
+                    f'unknown option {key!r} for optimizer {name!r}{hint}; valid options: {", ".join(valid)}',
+                )
+        if 'lr' not in options:
+            raise TypeError(f'optimizer builder {name!r} must accept an lr keyword')
+    groups = param_groups(model, weight_decay=weight_decay)
+    if not groups:
+        raise ValueError('the model has no trainable parameters')
+    call_kwargs = dict(kwargs)
+    call_kwargs['lr'] = float(lr)
+    if var_kwargs or 'weight_decay' in options:
+        call_kwargs['weight_decay'] = float(weight_decay)
+    elif weight_decay > 0:
+        raise ValueError(f'optimizer {name!r} takes no weight_decay, but weight_decay={weight_decay} was given')
+    return builder(groups, **call_kwargs)

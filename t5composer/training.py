@@ -1,0 +1,310 @@
+"""From a validated :class:`TrainConfig` to a ready Composer :class:`Trainer`.
+
+The order matters for first contact: cheap checks that need no model (data present, data
+converted with this tokenizer and length, batch sizes that divide) run before anything big is
+built, so a wrong config fails in a second with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from t5composer.config.schema import TrainConfig
+from t5composer.config.validation import ConfigError
+
+log = logging.getLogger(__name__)
+
+__all__ = ['DataPlan', 'plan_data', 'preflight', 'build_trainer', 'convert_command', 'config_summary']
+
+
+@dataclass
+class DataPlan:
+    """Where the tokenizer and the splits of a run come from, once resolved."""
+
+    tokenizer_name: str
+    local: Optional[str]
+    remote: Optional[str]
+
+
+def convert_command(cfg: TrainConfig, splits: list[str]) -> str:
+    """The exact ``recipes/convert_c4.py`` command that produces the splits ``cfg`` expects."""
+    from t5composer.data.metadata import convert_command as command_for
+
+    d = cfg.data
+    settings = {
+        'split': splits, 'tokenizer': cfg.tokenizer.name, 'input_length': d.input_length,
+        'noise_density': d.noise_density, 'mean_noise_span_length': d.mean_noise_span_length,
+    }
+    return command_for(settings, out_root=d.local or 'data/c4', overwrite=False)
+
+
+def _hf_split_name(split: str) -> str:
+    return {'val': 'val', 'validation': 'val'}.get(split, split)
+
+
+def _missing_splits(cfg: TrainConfig) -> list[str]:
+    """Problems for local splits that were never converted (remote ones are checked by streaming)."""
+    from t5composer.data.locations import is_remote, split_location
+
+    d = cfg.data
+    if d.builtin_corpus is not None or is_remote(d.remote):
+        return []
+    root = d.remote or d.local
+    splits = [s for s in (d.train_split, d.eval_split) if s]
+    missing = [s for s in splits if not os.path.isfile(os.path.join(split_location(root, s), 'index.json'))]
+    if not missing:
+        return []
+    return [
+        f"No converted data for split(s) {', '.join(missing)} under '{root}'. Convert C4 first with:\n"
+        f'    {convert_command(cfg, [_hf_split_name(s) for s in missing])}\n'
+        f"  or point 'data.local' at a directory that holds the converted splits.",
+    ]
+
+
+def preflight(cfg: TrainConfig) -> None:
+    """Checks that need no model and no data loading; raise :class:`ConfigError` listing all problems.
+
+    Runs before anything heavy is imported or built, so a first-contact mistake (no converted
+    data, bf16 on a CPU machine, batch sizes that don't divide) is reported within seconds.
+    """
+    on_gpu = torch.cuda.is_available()
+    problems = []
+    if not on_gpu and cfg.precision != 'fp32':
+        problems.append(f"precision '{cfg.precision}' is not supported on CPU; set precision=fp32 (bf16 needs a GPU).")
+    problems += _batch_size_problems(cfg, int(os.environ.get('WORLD_SIZE', '1')), on_gpu)
+    problems += _missing_splits(cfg)
+    if problems:
+        raise ConfigError(problems)
+
+
+def plan_data(cfg: TrainConfig) -> DataPlan:
+    """Resolve tokenizer and data locations, building the builtin corpus on first use."""
+    d = cfg.data
+    if d.builtin_corpus is not None:
+        from t5composer.config.loading import cache_dir
+        from t5composer.data.demo_corpus import prepare_demo_data
+
+        tok_dir, mds_root = prepare_demo_data(
+            cache_dir=os.path.join(cache_dir(), 'demo'),
+            vocab_size=d.builtin_vocab_size,
+            input_length=d.input_length,
+            noise_density=d.noise_density,
+            mean_noise_span_length=d.mean_noise_span_length,
+        )
+        return DataPlan(tokenizer_name=str(tok_dir), local=str(mds_root), remote=None)
+    assert cfg.tokenizer.name is not None
+    return DataPlan(tokenizer_name=cfg.tokenizer.name, local=d.local, remote=d.remote)
+
+
+def _check_split_metadata(cfg: TrainConfig, plan: DataPlan, tokenizer: Any, expanded_length: int) -> None:
+    """Refuse data converted with another tokenizer or length (local splits; remote ones when cached)."""
+    from t5composer.data.metadata import check_split_metadata, read_split_metadata
+    from t5composer.data.locations import is_remote, split_location
+    from t5composer.tokenization import tokenizer_fingerprint
+
+    root = plan.local or (plan.remote if not is_remote(plan.remote) else None)
+    if root is None:
+        return
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    for split in (cfg.data.train_split, cfg.data.eval_split):
+        if not split:
+            continue
+        split_dir = split_location(root, split)
+        if plan.remote is not None and not os.path.isdir(split_dir):
+            continue  # not downloaded yet; streaming fetches it
+        try:
+            meta = read_split_metadata(split_dir)
+            check_split_metadata(
+                meta,
+                tokenizer_fingerprint=fingerprint,
+                vocab_size=len(tokenizer),
+                expanded_length=expanded_length,
+                split_dir=split_dir,
+                tokenizer_name=plan.tokenizer_name,
+                input_length=cfg.data.input_length,
+            )
+        except (OSError, ValueError) as e:
+            raise ConfigError([str(e)]) from e
+
+
+def _batch_size_problems(cfg: TrainConfig, world_size: int, on_gpu: bool) -> list[str]:
+    g = cfg.global_train_batch_size
+    if g % world_size:
+        return [
+            f"global_train_batch_size {g} is not divisible by the number of processes ({world_size}); "
+            f'use a multiple of {world_size} or launch with a number of processes that divides {g}.',
+        ]
+    device_batch = g // world_size
+    mb = cfg.device_train_microbatch_size
+    if mb == 'auto' and not on_gpu:
+        return ["device_train_microbatch_size 'auto' needs a GPU; on CPU set an integer that divides the per-device batch."]
+    if isinstance(mb, int) and (mb > device_batch or device_batch % mb):
+        return [
+            f'device_train_microbatch_size {mb} must divide the per-device batch {device_batch} '
+            f'(global_train_batch_size {g} / {world_size} process(es)); pick a divisor of {device_batch}.',
+        ]
+    return []
+
+
+def _batch_sizes(cfg: TrainConfig, world_size: int) -> tuple[int, Any, int]:
+    device_batch = cfg.global_train_batch_size // world_size
+    micro = cfg.device_train_microbatch_size or device_batch
+    eval_batch = cfg.device_eval_batch_size or (micro if isinstance(micro, int) else device_batch)
+    return device_batch, micro, eval_batch
+
+
+def _model_vocab_size(cfg: TrainConfig, tokenizer_len: int) -> Optional[int]:
+    vs = cfg.model.vocab_size
+    if vs is None:
+        return None
+    if vs == 'tokenizer':
+        return -(-tokenizer_len // 128) * 128  # round up: multiples of 128 use tensor cores well
+    if vs < tokenizer_len:
+        raise ConfigError([f'model.vocab_size {vs} is smaller than the tokenizer ({tokenizer_len} tokens); set model.vocab_size >= {tokenizer_len}.'])
+    return vs
+
+
+def build_trainer(cfg: TrainConfig, *, extra_callbacks: tuple = (), extra_loggers: tuple = ()) -> Any:
+    """Build the Composer Trainer that runs ``cfg``.
+
+    Args:
+        cfg: a validated config (see :func:`t5composer.config.load_config`).
+        extra_callbacks: callbacks to add to those the config declares (tests use this).
+        extra_loggers: logger destinations to add to those the config declares.
+    """
+    from composer import Trainer
+    from composer.algorithms import GradientClipping
+    from composer.core import Evaluator
+    from composer.devices import DeviceCPU, DeviceGPU
+    from composer.utils import dist, reproducibility
+    from streaming.base.util import clean_stale_shared_memory
+
+    from t5composer.components import build_components
+    from t5composer.data.span_corruption import SpanCorruptionCollator, random_spans_helper
+    from t5composer.data.streaming import build_span_dataloader
+    from t5composer.models import build_composer_t5, load_model_config
+    from t5composer.optim import build_optimizer, build_scheduler
+    from t5composer.tokenization import load_tokenizer, sentinel_ids
+
+    preflight(cfg)
+    on_gpu = torch.cuda.is_available()
+    if cfg.compile and not on_gpu:
+        log.warning('compile: true on CPU compiles with gcc; the first step takes minutes.')
+
+    device = DeviceGPU() if on_gpu else DeviceCPU()
+    dist.initialize_dist(device, timeout=cfg.dist_timeout)
+    world_size = dist.get_world_size()
+    device_batch, micro, eval_batch = _batch_sizes(cfg, world_size)
+
+    # The builtin corpus is built by one process; the others wait on its lock.
+    plan = plan_data(cfg)
+    d = cfg.data
+    raw_length, _ = random_spans_helper(d.input_length, d.noise_density, d.mean_noise_span_length)
+    try:
+        tokenizer = load_tokenizer(plan.tokenizer_name)
+    except (OSError, ValueError) as e:
+        raise ConfigError([f"tokenizer.name '{plan.tokenizer_name}': {e}"]) from e
+    _check_split_metadata(cfg, plan, tokenizer, raw_length)
+
+    if on_gpu and cfg.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    # Streaming datasets of a killed run leave shared memory behind; clear it before ours.
+    clean_stale_shared_memory()
+    reproducibility.seed_all(cfg.seed)
+
+    overrides = cfg.model.config_overrides()
+    vocab = _model_vocab_size(cfg, len(tokenizer))
+    if vocab is not None:
+        overrides['vocab_size'] = vocab
+    model_config = load_model_config(cfg.model.name, **overrides)
+    if vocab is None and model_config.vocab_size < len(tokenizer):
+        raise ConfigError([
+            f"The model config '{cfg.model.name}' has vocab_size {model_config.vocab_size} but the tokenizer has "
+            f'{len(tokenizer)} tokens; set model.vocab_size to at least {len(tokenizer)} (a multiple of 128 is fastest).',
+        ])
+    model = build_composer_t5(
+        config=model_config,
+        lm_head_init_std=cfg.model.lm_head_init_std,
+        gradient_checkpointing=cfg.model.gradient_checkpointing,
+    )
+
+    collator = SpanCorruptionCollator(
+        sentinel_ids=sentinel_ids(tokenizer, 100),
+        eos_id=tokenizer.eos_token_id,
+        decoder_start_id=model_config.decoder_start_token_id,
+        noise_density=d.noise_density,
+        mean_noise_span_length=d.mean_noise_span_length,
+        seed=cfg.seed,
+    )
+    loader_kwargs = dict(
+        local=plan.local, remote=plan.remote, collator=collator,
+        shuffle_seed=d.shuffle_seed if d.shuffle_seed is not None else cfg.seed,
+        shuffle_algo=d.shuffle_algo, num_canonical_nodes=d.num_canonical_nodes,
+        predownload=d.predownload, download_timeout=d.download_timeout,
+        num_workers=d.num_workers, prefetch_factor=d.prefetch_factor,
+        pin_memory=d.pin_memory, persistent_workers=d.persistent_workers,
+    )
+    train_loader = build_span_dataloader(split=d.train_split, device_batch_size=device_batch, shuffle=d.shuffle, train=True, **loader_kwargs)
+    evaluators = []
+    if d.eval_split:
+        eval_loader = build_span_dataloader(split=d.eval_split, device_batch_size=eval_batch, shuffle=False, train=False, **loader_kwargs)
+        evaluators.append(Evaluator(label='eval', dataloader=eval_loader, metric_names=['LanguageNLL', 'TokenAccuracy']))
+
+    optimizer = build_optimizer(model, name=cfg.optimizer.name, lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay, **cfg.optimizer.kwargs)
+    scheduler = build_scheduler(cfg.scheduler.name, base_lr=cfg.optimizer.lr, **cfg.scheduler.kwargs)
+
+    algorithms = build_components('algorithms', cfg.algorithms)
+    callbacks = build_components('callbacks', cfg.callbacks) + list(extra_callbacks)
+    loggers = build_components('loggers', cfg.loggers) + list(extra_loggers)
+    if not any(isinstance(a, GradientClipping) for a in algorithms):
+        log.info('No gradient clipping configured (algorithms.gradient_clipping).')
+
+    trainer = Trainer(
+        model=model,
+        train_dataloader=train_loader,
+        eval_dataloader=evaluators or None,
+        eval_interval=cfg.eval_interval,
+        eval_subset_num_batches=cfg.eval_subset_num_batches,
+        max_duration=cfg.max_duration,
+        optimizers=optimizer,
+        schedulers=scheduler,
+        step_schedulers_every_batch=True,
+        algorithms=algorithms,
+        callbacks=callbacks,
+        loggers=loggers,
+        run_name=cfg.run_name,
+        seed=cfg.seed,
+        device=device,
+        precision=cfg.precision,
+        device_train_microbatch_size=micro,
+        save_folder=cfg.save_folder,
+        save_interval=cfg.save_interval,
+        save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
+        save_overwrite=cfg.save_overwrite,
+        autoresume=cfg.autoresume,
+        load_path=cfg.load_path,
+        load_weights_only=cfg.load_weights_only,
+        load_strict_model_weights=cfg.load_strict_model_weights,
+        progress_bar=cfg.progress_bar,
+        log_to_console=cfg.log_to_console,
+        console_log_interval=cfg.console_log_interval,
+        python_log_level=cfg.python_log_level,
+        dist_timeout=cfg.dist_timeout,
+        compile_config={} if cfg.compile else None,
+    )
+    return trainer
+
+
+def config_summary(cfg: TrainConfig) -> dict[str, Any]:
+    """The config as a plain mapping with secrets redacted (for printing and hparam logging)."""
+    from t5composer.config.loading import redact
+
+    return redact(dataclasses.asdict(cfg))

@@ -1,0 +1,29 @@
+"""Shared test fixtures. Tests need no network; ../shared/data is optional (tests skip without it)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / 'shared' / 'data'
+
+
+@pytest.fixture(autouse=True, scope='session')
+def _isolated_cache(tmp_path_factory):
+    """Keep every test's cache (demo corpus, tokenizers) out of the user's ~/.cache."""
+    if 'T5COMPOSER_TEST_CACHE' in os.environ:
+        os.environ['T5COMPOSER_CACHE'] = os.environ['T5COMPOSER_TEST_CACHE']
+    else:
+        os.environ['T5COMPOSER_CACHE'] = str(tmp_path_factory.mktemp('t5composer_cache'))
+    yield
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under ../shared/data, skipping the test when it is not there."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f'{path} not present (optional real-data test)')
+    return path

@@ -1,0 +1,255 @@
+"""Tests for AdamWScale and the optimizer registry."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from t5composer.optim import AdamWScale, build_optimizer, is_no_decay, param_groups, register_optimizer
+from t5composer.optim.registry import OPTIMIZERS
+
+
+def hand_adamwscale(p, grads, *, lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0):
+    """nanoT5's update written out element by element (float64 Python math)."""
+    b1, b2 = betas
+    p = [float(x) for x in p]
+    m = [0.0] * len(p)
+    v = [0.0] * len(p)
+    for t, g in enumerate(grads, start=1):
+        g = [float(x) for x in g]
+        m = [b1 * mi + (1 - b1) * gi for mi, gi in zip(m, g)]
+        v = [b2 * vi + (1 - b2) * gi * gi for vi, gi in zip(v, g)]
+        rms = math.sqrt(sum(x * x for x in p) / len(p))  # before the update
+        step_size = lr * math.sqrt(1 - b2**t) / (1 - b1**t) * max(1e-3, rms)
+        p = [pi - step_size * mi / (math.sqrt(vi) + eps) for pi, mi, vi in zip(p, m, v)]
+        if weight_decay > 0:
+            p = [pi - lr * weight_decay * pi for pi in p]
+    return p
+
+
+def run_optimizer(init, grads, **kwargs):
+    param = nn.Parameter(torch.tensor(init, dtype=torch.float64))
+    opt = AdamWScale([param], **kwargs)
+    for g in grads:
+        param.grad = torch.tensor(g, dtype=torch.float64)
+        opt.step()
+    return param.detach().tolist(), opt
+
+
+INIT = [0.5, -1.5, 2.0, 0.25, -0.75, 1.0]
+GRADS = [[0.1, -0.2, 0.3, -0.4, 0.5, -0.6], [0.3, 0.1, -0.2, 0.05, -0.5, 0.2]]
+
+
+def test_one_step_matches_hand_computation():
+    got, _ = run_optimizer(INIT, GRADS[:1], lr=1e-2)
+    expected = hand_adamwscale(INIT, GRADS[:1], lr=1e-2)
+    assert got == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    # Sanity: the first step moves each weight by ~lr * RMS(p) against the gradient's sign.
+    rms = math.sqrt(sum(x * x for x in INIT) / len(INIT))
+    assert got[0] == pytest.approx(INIT[0] - 1e-2 * rms, rel=1e-4)
+
+
+def test_two_steps_with_weight_decay():
+    got, opt = run_optimizer(INIT, GRADS, lr=3e-2, betas=(0.8, 0.99), eps=1e-8, weight_decay=0.1)
+    expected = hand_adamwscale(INIT, GRADS, lr=3e-2, betas=(0.8, 0.99), eps=1e-8, weight_decay=0.1)
+    assert got == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    state = next(iter(opt.state.values()))
+    assert state['step'] == 2
+
+
+def test_rms_floor_for_zero_init():
+    init = [0.0] * 4
+    grads = [[1.0, -2.0, 0.5, 0.0]]
+    got, _ = run_optimizer(init, grads, lr=1.0)
+    expected = hand_adamwscale(init, grads, lr=1.0)
+    assert got == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    # Step size is lr * 1e-3: a unit-normalised first step of 1e-3 (0 where the gradient is 0).
+    assert got == pytest.approx([-1e-3, 1e-3, -1e-3, 0.0], rel=2e-4, abs=1e-12)  # eps: ~3e-5 relative
+
+
+def test_float32_parameters():
+    param = nn.Parameter(torch.tensor(INIT, dtype=torch.float32))
+    opt = AdamWScale([param], lr=1e-2, weight_decay=0.01)
+    for g in GRADS:
+        param.grad = torch.tensor(g, dtype=torch.float32)
+        opt.step()
+    expected = hand_adamwscale(INIT, GRADS, lr=1e-2, weight_decay=0.01)
+    assert param.detach().tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_skips_params_without_grad():
+    a = nn.Parameter(torch.ones(3))
+    b = nn.Parameter(torch.ones(3))
+    opt = AdamWScale([a, b], lr=0.1)
+    a.grad = torch.ones(3)
+    opt.step()
+    assert torch.equal(b.detach(), torch.ones(3))
+    assert b not in opt.state
+
+
+def test_state_dict_round_trip_continues_identically():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    data = [torch.randn(5, 4) for _ in range(6)]
+
+    def train(model, opt, batches):
+        for x in batches:
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+
+    opt = AdamWScale(model.parameters(), lr=1e-2, weight_decay=0.01)
+    train(model, opt, data[:3])
+    saved_model = copy.deepcopy(model.state_dict())
+    saved_opt = copy.deepcopy(opt.state_dict())
+    train(model, opt, data[3:])
+
+    resumed = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    resumed.load_state_dict(saved_model)
+    resumed_opt = AdamWScale(resumed.parameters(), lr=1e-2, weight_decay=0.01)
+    resumed_opt.load_state_dict(saved_opt)
+    for state in resumed_opt.state.values():
+        assert isinstance(state['step'], int) and state['step'] == 3
+    train(resumed, resumed_opt, data[3:])
+    for a, b in zip(model.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_load_state_dict_accepts_tensor_step():
+    param = nn.Parameter(torch.ones(2))
+    opt = AdamWScale([param], lr=0.1)
+    param.grad = torch.ones(2)
+    opt.step()
+    sd = opt.state_dict()
+    sd['state'][0]['step'] = torch.tensor(1.0)
+    opt2 = AdamWScale([nn.Parameter(torch.ones(2))], lr=0.1)
+    opt2.load_state_dict(sd)
+    assert next(iter(opt2.state.values()))['step'] == 1
+
+
+@pytest.mark.parametrize(
+    ('kwargs', 'match'),
+    [
+        ({'lr': -1.0}, 'lr must be >= 0'),
+        ({'betas': (1.0, 0.999)}, r'betas\[0\]'),
+        ({'betas': (0.9, -0.1)}, r'betas\[1\]'),
+        ({'eps': -1e-8}, 'eps must be >= 0'),
+        ({'weight_decay': -0.1}, 'weight_decay must be >= 0'),
+    ],
+)
+def test_adamwscale_argument_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AdamWScale([nn.Parameter(torch.ones(2))], **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry and parameter groups
+# ---------------------------------------------------------------------------------------------
+class TinyT5Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.wi = nn.Linear(4, 8, bias=False)
+        self.wo = nn.Linear(8, 4, bias=True)
+        self.layer_norm = nn.LayerNorm(4)
+        self.final_layer_norm = nn.Module()
+        self.final_layer_norm.weight = nn.Parameter(torch.ones(4))
+        self.scale = nn.Parameter(torch.ones(3))  # 1-D, no norm/bias in its name
+        self.frozen = nn.Parameter(torch.ones(2, 2), requires_grad=False)
+
+    def forward(self, x):
+        return self.wo(torch.relu(self.wi(self.layer_norm(x)))) * self.final_layer_norm.weight + self.scale.sum()
+
+
+def _names(model, group):
+    ids = {id(p) for p in group['params']}
+    return sorted(n for n, p in model.named_parameters() if id(p) in ids)
+
+
+def test_param_groups_split():
+    model = TinyT5Block()
+    groups = param_groups(model, weight_decay=0.1)
+    assert [g['weight_decay'] for g in groups] == [0.1, 0.0]
+    assert _names(model, groups[0]) == ['wi.weight', 'wo.weight']
+    assert _names(model, groups[1]) == [
+        'final_layer_norm.weight',
+        'layer_norm.bias',
+        'layer_norm.weight',
+        'scale',
+        'wo.bias',
+    ]
+    assert is_no_decay('encoder.block.0.layer.0.layer_norm.weight', torch.ones(4, 4))
+    assert is_no_decay('lm_head.bias', torch.ones(4, 4))
+    assert not is_no_decay('lm_head.weight', torch.ones(4, 4))
+
+
+@pytest.mark.parametrize('name', ['adamwscale', 'adamw', 'adafactor'])
+def test_build_and_step(name):
+    torch.manual_seed(0)
+    model = TinyT5Block()
+    opt = build_optimizer(model, name=name, lr=1e-2, weight_decay=0.01)
+    before = [p.detach().clone() for p in model.parameters()]
+    for _ in range(2):
+        opt.zero_grad()
+        model(torch.randn(3, 4)).pow(2).mean().backward()
+        opt.step()
+    changed = [not torch.equal(b, p) for b, p in zip(before, model.parameters()) if p.requires_grad]
+    assert all(changed)
+    assert [g['weight_decay'] for g in opt.param_groups] == [0.01, 0.0]
+    assert all(g['lr'] == 1e-2 for g in opt.param_groups)
+
+
+def test_adafactor_settings():
+    opt = build_optimizer(TinyT5Block(), name='adafactor', lr=1e-3)
+    from transformers.optimization import Adafactor
+
+    assert isinstance(opt, Adafactor)
+    group = opt.param_groups[0]
+    assert group['relative_step'] is False
+    assert group['scale_parameter'] is True
+    assert group['warmup_init'] is False
+    assert group['clip_threshold'] == 1.0 and group['decay_rate'] == -0.8 and group['beta1'] is None
+    assert group['eps'] == (1e-30, 1e-3)
+
+
+def test_optimizer_kwargs_are_passed():
+    opt = build_optimizer(TinyT5Block(), name='adamwscale', lr=1e-3, betas=(0.8, 0.9), eps=1e-8)
+    assert opt.param_groups[0]['betas'] == (0.8, 0.9) and opt.param_groups[0]['eps'] == 1e-8
+
+
+def test_unknown_optimizer_name():
+    with pytest.raises(ValueError, match=r"unknown optimizer 'adamwscal'.*did you mean 'adamwscale'.*adafactor, adamw"):
+        build_optimizer(TinyT5Block(), name='adamwscal', lr=1e-3)
+
+
+def test_unknown_optimizer_option():
+    with pytest.raises(ValueError, match=r"unknown option 'beta' for optimizer 'adamwscale'.*betas"):
+        build_optimizer(TinyT5Block(), name='adamwscale', lr=1e-3, beta=(0.9, 0.99))
+    with pytest.raises(ValueError, match=r"unknown option 'momentum' for optimizer 'adafactor'.*clip_threshold"):
+        build_optimizer(TinyT5Block(), name='adafactor', lr=1e-3, momentum=0.9)
+
+
+def test_negative_lr_and_weight_decay():
+    with pytest.raises(ValueError, match='lr must be >= 0'):
+        build_optimizer(TinyT5Block(), name='adamw', lr=-1e-3)
+    with pytest.raises(ValueError, match='weight_decay must be >= 0'):
+        build_optimizer(TinyT5Block(), name='adamw', lr=1e-3, weight_decay=-1.0)
+
+
+def test_register_custom_optimizer():
+    @register_optimizer('test_sgd')
+    def build_sgd(params, *, lr, momentum=0.0):
+        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+
+    try:
+        opt = build_optimizer(TinyT5Block(), name='test_sgd', lr=0.5, momentum=0.9)
+        assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]['momentum'] == 0.9
+        with pytest.raises(ValueError, match='takes no weight_decay'):
+            build_optimizer(TinyT5Block(), name='test_sgd', lr=0.5, weight_decay=0.1)
+        with pytest.raises(ValueError, match='already registered'):
+            register_optimizer('test_sgd')(lambda params, *, lr: torch.optim.SGD(params, lr=lr))
+    finally:
+        OPTIMIZERS.pop('test_sgd', None)
