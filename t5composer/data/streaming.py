@@ -66,6 +66,7 @@ def build_span_dataloader(
     prefetch_factor: Optional[int] = 2,
     pin_memory: bool = True,
     persistent_workers: bool = True,
+    drop_last: Optional[bool] = None,
 ) -> DataLoader:
     """A DataLoader of span-corrupted batches from one MDS split.
 
@@ -79,6 +80,8 @@ def build_span_dataloader(
         shuffle: shuffle the training order (eval sets are read in order).
         shuffle_seed: seed of the shuffle.
         train: training split (eval splits get a fixed epoch so their masks never change).
+        drop_last: drop a final partial batch (default: for training only). A compiled model
+            recompiles for a new batch shape, so compiled runs drop it in eval too.
     """
     dataset = C4SpanDataset(
         local=split_location(local, split),
@@ -101,7 +104,7 @@ def build_span_dataloader(
         pin_memory=pin_memory and _has_accelerator(),
         prefetch_factor=prefetch_factor if workers > 0 else None,
         persistent_workers=persistent_workers and workers > 0,
-        drop_last=train,
+        drop_last=train if drop_last is None else drop_last,
     )
 
 

@@ -1,0 +1,1 @@
+"""Composer callbacks of t5composer (registered by name in t5composer.components)."""
