@@ -192,3 +192,30 @@ def test_demo_recipe_end_to_end(tmp_path):
     again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Run 'demo' is already complete (400ba)" in again.stdout
+
+
+@pytest.mark.slow
+def test_pretrain_on_real_c4_sample_with_real_t5_tokenizer(tmp_path):
+    """Real data when ../shared/data is present: convert the C4 sample, train and evaluate."""
+    from conftest import shared_data
+
+    from t5composer.data.c4_convert import convert_c4
+
+    c4 = shared_data('c4_sample')
+    spiece = shared_data('tokenizer', 't5', 'spiece.model')
+    convert_c4(source=str(c4), out_root=str(tmp_path / 'c4'), splits=('train', 'val'), tokenizer=str(spiece),
+               input_length=128, progress=False)
+    cfg = config_from_dict(tiny(
+        max_duration='6ba', eval_interval='6ba',
+        tokenizer={'name': str(spiece)},
+        model={**tiny()['model'], 'vocab_size': None},  # the preset's 32128 covers 32100 tokens
+        data={'local': str(tmp_path / 'c4'), 'input_length': 128, 'num_workers': 0},
+    ))
+    trainer = build_trainer(cfg)
+    trainer.eval()
+    before = float(trainer.state.eval_metrics['eval']['LanguageNLL'].compute())
+    trainer.fit()
+    after = float(trainer.state.eval_metrics['eval']['LanguageNLL'].compute())
+    trainer.close()
+    assert trainer.state.model.model.config.vocab_size == 32128
+    assert after < before
