@@ -8,10 +8,10 @@ Add your own with :func:`register`.
 from __future__ import annotations
 
 import importlib
-import inspect
 from typing import Any, Callable, Optional
 
 from t5composer.config.validation import ConfigError, check_keys, closest
+from t5composer.registry import builder_options
 
 __all__ = ['ALGORITHMS', 'CALLBACKS', 'LOGGERS', 'register', 'build_components', 'check_component_kwargs']
 
@@ -58,16 +58,9 @@ def register(kind: str, name: str) -> Callable[[type], type]:
     return wrap
 
 
-def _accepted_keys(cls: type) -> tuple[set[str], bool]:
-    params = inspect.signature(cls.__init__).parameters.values()
-    names = {p.name for p in params if p.name != 'self' and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-    open_ended = any(p.kind == p.VAR_KEYWORD for p in params)
-    return names, open_ended
-
-
 def check_component_kwargs(cls: type, kwargs: dict[str, Any], where: str) -> list[str]:
     """Problems with ``kwargs`` for ``cls``'s constructor (unknown keys, named with a hint)."""
-    names, open_ended = _accepted_keys(cls)
+    names, open_ended = builder_options(cls, skip_first=False)
     return [] if open_ended else check_keys(kwargs, names, where)
 
 

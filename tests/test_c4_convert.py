@@ -20,18 +20,11 @@ from t5composer.data.c4_source import iter_c4_lines, list_split_files, parse_c4_
 from t5composer.data.metadata import META_FILENAME, check_split_metadata, read_split_metadata
 from t5composer.tokenization import BatchEncoder, load_tokenizer, tokenizer_fingerprint
 from t5composer.tokenizer_training import train_tokenizer
+from conftest import shared_data
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(__file__).resolve().parents[2] / 'shared' / 'data'
 L = 568  # random_spans_helper(512, 0.15, 3.0)[0]
 L64 = 70  # random_spans_helper(64, 0.15, 3.0)[0]
-
-
-def _shared(*parts: str) -> Path:
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f'{path} not present (optional real-data test)')
-    return path
 
 
 @pytest.fixture(scope='session')
@@ -314,8 +307,8 @@ def test_convert_recipe_script(tmp_path, c4_dir, tok_dir):
 
 # ---- real C4 sample + T5 tokenizer (../shared/data; skipped when absent) --------------------
 def test_real_c4_sample_conversion(tmp_path):
-    c4 = _shared('c4_sample')
-    spiece = _shared('tokenizer', 't5', 'spiece.model')
+    c4 = shared_data('c4_sample')
+    spiece = shared_data('tokenizer', 't5', 'spiece.model')
     meta = convert_c4(source=str(c4), out_root=tmp_path / 'real', tokenizer=str(spiece), max_docs=100, progress=False)
     tok = load_tokenizer(spiece)
     with gzip.open(c4 / 'c4-train.00000-of-00001.json.gz', 'rt', encoding='utf-8') as f:

@@ -13,17 +13,10 @@ import pytest
 
 from t5composer.tokenization import BatchEncoder, load_tokenizer, sentinel_ids, tokenizer_fingerprint, vocab_size
 from t5composer.tokenizer_training import iter_sentences, train_tokenizer
+from conftest import shared_data
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(__file__).resolve().parents[2] / 'shared' / 'data'
 VOCAB = 600
-
-
-def _shared(*parts: str) -> Path:
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f'{path} not present (optional real-data test)')
-    return path
 
 
 @pytest.fixture(scope='session')
@@ -171,7 +164,7 @@ def test_train_tokenizer_recipe(tmp_path, demo_texts):
 
 # ---- real T5 tokenizer (../shared/data; skipped when absent) --------------------------------
 def test_real_t5_tokenizer_ids():
-    spiece = _shared('tokenizer', 't5', 'spiece.model')
+    spiece = shared_data('tokenizer', 't5', 'spiece.model')
     for tok in (load_tokenizer(spiece), load_tokenizer(spiece.parent)):
         assert tok('translate English to German: That is good.').input_ids == [13959, 1566, 12, 2968, 10, 466, 19, 207, 5, 1]
         assert tok.convert_ids_to_tokens(tok('The quick brown fox jumps over the lazy dog.').input_ids[:-1]) == [
@@ -183,8 +176,8 @@ def test_real_t5_tokenizer_ids():
 
 
 def test_real_t5_backends_agree_on_c4():
-    spiece = _shared('tokenizer', 't5', 'spiece.model')
-    c4 = _shared('c4_sample', 'c4-validation.00000-of-00001.json.gz')
+    spiece = shared_data('tokenizer', 't5', 'spiece.model')
+    c4 = shared_data('c4_sample', 'c4-validation.00000-of-00001.json.gz')
     with gzip.open(c4, 'rt', encoding='utf-8') as f:
         texts = [json.loads(line)['text'] for line in f]
     tok = load_tokenizer(spiece)
@@ -192,6 +185,6 @@ def test_real_t5_backends_agree_on_c4():
 
 
 def test_test_sentencepiece_fixture_fingerprint_differs():
-    other = _shared('tokenizer', 'test_sentencepiece', 'test_sentencepiece.model')
-    t5 = _shared('tokenizer', 't5', 'spiece.model')
+    other = shared_data('tokenizer', 'test_sentencepiece', 'test_sentencepiece.model')
+    t5 = shared_data('tokenizer', 't5', 'spiece.model')
     assert tokenizer_fingerprint(load_tokenizer(other)) != tokenizer_fingerprint(load_tokenizer(t5))

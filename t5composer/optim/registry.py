@@ -7,8 +7,6 @@ may pass, so a typo in a YAML fails at build time with the list of valid keys.
 
 from __future__ import annotations
 
-import difflib
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +15,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from t5composer.optim.adamwscale import AdamWScale
+from t5composer.registry import Registry, builder_options, check_options
 
 __all__ = [
     'OPTIMIZERS',
@@ -29,40 +28,13 @@ __all__ = [
 
 OptimizerBuilder = Callable[..., Optimizer]
 
-OPTIMIZERS: dict[str, OptimizerBuilder] = {}
+OPTIMIZERS = Registry('optimizer')
 
 # Substrings of parameter names that never get weight decay (nanoT5: bias and norm weights).
 _NO_DECAY_SUBSTRINGS = ('layer_norm', 'norm', 'bias')
 
 
-def register_optimizer(name: str, *, overwrite: bool = False) -> Callable[[OptimizerBuilder], OptimizerBuilder]:
-    """Decorator that registers an optimizer builder under ``name``.
-
-    Args:
-        name: registry key used in configs.
-        overwrite: replace an existing entry instead of raising.
-
-    Returns:
-        The decorator; it returns the builder unchanged.
-
-    Example::
-
-        @register_optimizer('sgd')
-        def build_sgd(params, *, lr, weight_decay=0.0, momentum=0.9):
-            return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f'optimizer name must be a non-empty string, got {name!r}')
-
-    def decorator(builder: OptimizerBuilder) -> OptimizerBuilder:
-        if not callable(builder):
-            raise TypeError(f'optimizer builder for {name!r} must be callable, got {builder!r}')
-        if name in OPTIMIZERS and not overwrite and OPTIMIZERS[name] is not builder:
-            raise ValueError(f'optimizer {name!r} is already registered; pass overwrite=True to replace it')
-        OPTIMIZERS[name] = builder
-        return builder
-
-    return decorator
+register_optimizer = OPTIMIZERS.register
 
 
 register_optimizer('adamwscale')(AdamWScale)
@@ -155,39 +127,6 @@ def param_groups(model: nn.Module, *, weight_decay: float) -> list[dict[str, Any
     return groups
 
 
-def _unknown_name_error(kind: str, name: str, registered: list[str]) -> ValueError:
-    close = difflib.get_close_matches(name, registered, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ''
-    return ValueError(f'unknown {kind} {name!r}{hint} Registered: {", ".join(sorted(registered))}')
-
-
-def builder_options(builder: Callable[..., Any]) -> tuple[list[str], bool]:
-    """Keyword options a builder accepts, and whether it takes arbitrary ``**kwargs``.
-
-    Args:
-        builder: optimizer or scheduler builder (function or class).
-
-    Returns:
-        ``(names, accepts_var_kwargs)``; the first positional parameter (params/state) is skipped.
-    """
-    signature = inspect.signature(builder)
-    names: list[str] = []
-    var_kwargs = False
-    first_positional_seen = False
-    for param in signature.parameters.values():
-        if param.kind is inspect.Parameter.VAR_KEYWORD:
-            var_kwargs = True
-        elif param.kind is inspect.Parameter.VAR_POSITIONAL:
-            continue
-        elif param.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) and (
-            not first_positional_seen
-        ):
-            first_positional_seen = True  # params
-        elif param.kind is not inspect.Parameter.POSITIONAL_ONLY:
-            names.append(param.name)
-    return names, var_kwargs
-
-
 def build_optimizer(
     model: nn.Module,
     *,
@@ -211,25 +150,16 @@ def build_optimizer(
     Returns:
         The optimizer.
     """
-    if name not in OPTIMIZERS:
-        raise _unknown_name_error('optimizer', name, list(OPTIMIZERS))
+    builder = OPTIMIZERS.lookup(name)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)):
         raise TypeError(f'lr must be a number, got {lr!r}')
     if not lr >= 0:
         raise ValueError(f'lr must be >= 0, got {lr}')
     if not weight_decay >= 0:
         raise ValueError(f'weight_decay must be >= 0, got {weight_decay}')
-    builder = OPTIMIZERS[name]
-    options, var_kwargs = builder_options(builder)
+    options, var_kwargs = builder_options(builder, skip_first=True)
     if not var_kwargs:
-        valid = [o for o in options if o not in ('lr', 'weight_decay')]
-        for key in kwargs:
-            if key not in valid:
-                close = difflib.get_close_matches(key, valid, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ''
-                raise ValueError(
-                    f'unknown option {key!r} for optimizer {name!r}{hint}; valid options: {", ".join(valid)}',
-                )
+        check_options([o for o in options if o not in ('lr', 'weight_decay')], kwargs, what=f'optimizer {name!r}')
         if 'lr' not in options:
             raise TypeError(f'optimizer builder {name!r} must accept an lr keyword')
     groups = param_groups(model, weight_decay=weight_decay)

@@ -13,14 +13,14 @@ scaled by Composer's trainer).
 
 from __future__ import annotations
 
-import difflib
-import inspect
 import math
 from collections.abc import Callable
 from typing import Any, Union
 
 from composer.core import State, Time, TimeUnit
 from composer.optim import ComposerScheduler
+
+from t5composer.registry import Registry, builder_options, check_options
 
 __all__ = [
     'NanoT5CosineScheduler',
@@ -330,31 +330,10 @@ def _check_warmup_total(warmup: int, total: int) -> None:
 # --------------------------------------------------------------------------------------------
 SchedulerBuilder = Callable[..., ComposerScheduler]
 
-SCHEDULERS: dict[str, SchedulerBuilder] = {}
+SCHEDULERS = Registry('scheduler')
 
 
-def register_scheduler(name: str, *, overwrite: bool = False) -> Callable[[SchedulerBuilder], SchedulerBuilder]:
-    """Decorator that registers a scheduler builder (keyword-only arguments) under ``name``.
-
-    Args:
-        name: registry key used in configs.
-        overwrite: replace an existing entry instead of raising.
-
-    Returns:
-        The decorator; it returns the builder unchanged.
-    """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f'scheduler name must be a non-empty string, got {name!r}')
-
-    def decorator(builder: SchedulerBuilder) -> SchedulerBuilder:
-        if not callable(builder):
-            raise TypeError(f'scheduler builder for {name!r} must be callable, got {builder!r}')
-        if name in SCHEDULERS and not overwrite and SCHEDULERS[name] is not builder:
-            raise ValueError(f'scheduler {name!r} is already registered; pass overwrite=True to replace it')
-        SCHEDULERS[name] = builder
-        return builder
-
-    return decorator
+register_scheduler = SCHEDULERS.register
 
 
 register_scheduler('cosine')(NanoT5CosineScheduler)
@@ -375,33 +354,13 @@ def build_scheduler(name: str, *, base_lr: float, **kwargs: Any) -> ComposerSche
     Returns:
         A Composer scheduler.
     """
-    if name not in SCHEDULERS:
-        close = difflib.get_close_matches(name, list(SCHEDULERS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ''
-        raise ValueError(f'unknown scheduler {name!r}{hint} Registered: {", ".join(sorted(SCHEDULERS))}')
-    builder = SCHEDULERS[name]
-    options, var_kwargs = _scheduler_options(builder)
+    builder = SCHEDULERS.lookup(name)
+    options, var_kwargs = builder_options(builder, skip_first=False)
     if not var_kwargs:
-        valid = [o for o in options if o != 'base_lr']
-        for key in kwargs:
-            if key not in valid:
-                close = difflib.get_close_matches(key, valid, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ''
-                raise ValueError(
-                    f'unknown option {key!r} for scheduler {name!r}{hint}; valid options: {", ".join(valid) or "none"}',
-                )
+        check_options([o for o in options if o != 'base_lr'], kwargs, what=f'scheduler {name!r}')
     call_kwargs = dict(kwargs)
     if var_kwargs or 'base_lr' in options:
         call_kwargs['base_lr'] = base_lr
     return builder(**call_kwargs)
 
 
-def _scheduler_options(builder: SchedulerBuilder) -> tuple[list[str], bool]:
-    # Scheduler builders take keyword arguments only (no leading params/state argument).
-    names, var_kwargs = [], False
-    for param in inspect.signature(builder).parameters.values():
-        if param.kind is inspect.Parameter.VAR_KEYWORD:
-            var_kwargs = True
-        elif param.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
-            names.append(param.name)
-    return names, var_kwargs
