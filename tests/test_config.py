@@ -89,6 +89,8 @@ def test_defaults_fill_in():
         (['data.builtin_corpus=wikipedia'], "'data.builtin_corpus' must be 'python_docs' | null, got str 'wikipedia'"),
         (['model.vocab_size=big'], "'model.vocab_size' must be"),
         (['model=3'], "'model' must be a mapping"),
+        (['scheduler.name=cosine', 'scheduler.t_warmup=10ba'], "'scheduler.t_warmup' (10ba) must be shorter than 'max_duration' (10ba)"),
+        (['scheduler.name=cosine', 'scheduler.t_warmup=5ba', 'scheduler.t_max=4ba'], "must be shorter than 'scheduler.t_max' (4ba)"),
     ],
 )
 def test_bad_values_name_the_key(overrides, expected):

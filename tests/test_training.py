@@ -219,3 +219,26 @@ def test_pretrain_on_real_c4_sample_with_real_t5_tokenizer(tmp_path):
     trainer.close()
     assert trainer.state.model.model.config.vocab_size == 32128
     assert after < before
+
+
+@pytest.mark.slow
+def test_load_path_weights_only_starts_a_fresh_run_from_the_weights(tmp_path):
+    source = build_trainer(config_from_dict(tiny(max_duration='4ba', save_folder=str(tmp_path / 'src'), save_interval='4ba')))
+    source.fit()
+    weights, _ = _snapshot(source)
+    source.close()
+    checkpoint = tmp_path / 'src' / 'latest-rank0.pt'
+    assert checkpoint.exists()
+
+    warm = build_trainer(config_from_dict(tiny(load_path=str(checkpoint), load_weights_only=True)))
+    assert int(warm.state.timestamp.batch) == 0  # schedule and data start over
+    loaded, optim = _snapshot(warm)
+    assert all(torch.equal(weights[k], loaded[k]) for k in weights)
+    assert optim['state'] == {}  # a fresh optimizer
+    warm.close()
+
+
+def test_missing_load_path_is_named(tmp_path):
+    trainer_cfg = config_from_dict(tiny(load_path=str(tmp_path / 'nope.pt')))
+    with pytest.raises(Exception, match='nope.pt'):
+        build_trainer(trainer_cfg)

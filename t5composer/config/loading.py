@@ -76,6 +76,26 @@ def _time_problems(value: Any, key: str, units: tuple[str, ...]) -> list[str]:
     return problems
 
 
+def _batches(value: Any) -> float | None:
+    if isinstance(value, int):
+        return float(value)
+    match = _DURATION.match(str(value))
+    return float(match.group(1)) if match and match.group(2) == 'ba' else None
+
+
+def _warmup_problems(cfg: TrainConfig) -> list[str]:
+    # Caught here rather than by the schedule at its first step, mid-way into a started run.
+    kwargs = cfg.scheduler.kwargs
+    if 't_warmup' not in kwargs:
+        return []
+    warmup = _batches(kwargs['t_warmup'])
+    total_key = 'scheduler.t_max' if kwargs.get('t_max') is not None else 'max_duration'
+    total = _batches(kwargs['t_max'] if total_key == 'scheduler.t_max' else cfg.max_duration)
+    if warmup is not None and total is not None and warmup >= total:
+        return [f"'scheduler.t_warmup' ({kwargs['t_warmup']}) must be shorter than '{total_key}' ({total:g}ba); lower t_warmup or train longer."]
+    return []
+
+
 def value_problems(cfg: TrainConfig) -> list[str]:
     """Problems with values that have the right type but cannot work together."""
     from t5composer.data.span_corruption import noise_span_counts, random_spans_helper
@@ -91,6 +111,7 @@ def value_problems(cfg: TrainConfig) -> list[str]:
         p.append(f"'device_train_microbatch_size' must be positive or 'auto', got {mb}.")
     if cfg.device_eval_batch_size is not None and cfg.device_eval_batch_size <= 0:
         p.append(f"'device_eval_batch_size' must be positive, got {cfg.device_eval_batch_size}.")
+    p += _warmup_problems(cfg)
     if cfg.optimizer.lr < 0:
         p.append(f"'optimizer.lr' must be >= 0, got {cfg.optimizer.lr}.")
     if cfg.optimizer.weight_decay < 0:
