@@ -10,7 +10,7 @@ from typing import Sequence
 
 from t5composer.config.validation import ConfigError
 
-__all__ = ['train_main', 'limit_cpu_threads']
+__all__ = ['train_main', 'evaluate_main', 'limit_cpu_threads']
 
 USAGE = 'usage: composer recipes/train.py <recipe.yaml> [key=value ...]   (e.g. yamls/demo.yaml optimizer.lr=0.01)'
 
@@ -72,5 +72,53 @@ def train_main(argv: Sequence[str]) -> int:
     if cfg.eval_first and int(state.timestamp.batch) == 0:
         trainer.eval()
     trainer.fit()
+    trainer.close()
+    return 0
+
+
+EVAL_USAGE = (
+    'usage: python recipes/evaluate.py <recipe.yaml> load_path=<checkpoint> [key=value ...]\n'
+    '  SNI recipes report RougeL / exact match (predictions beside the checkpoint); pre-training\n'
+    '  recipes report held-out NLL and token accuracy. model.init=hf model.name=<hf model> evaluates HF weights.'
+)
+
+
+def evaluate_main(argv: Sequence[str]) -> int:
+    """``recipes/evaluate.py``: evaluate a checkpoint (or HF weights) without training."""
+    if not argv or argv[0] in ('-h', '--help'):
+        print(EVAL_USAGE)
+        return 0 if argv else 2
+    from t5composer.config.loading import load_config
+
+    # An evaluation never resumes a run: autoresume would replace load_path with the run's latest.
+    overrides = list(argv[1:]) + ['autoresume=false']
+    try:
+        cfg = load_config(argv[0], overrides)
+        if cfg.load_path is not None and cfg.model.init == 'random':
+            # Evaluating a checkpoint means its weights, whatever the recipe trains from.
+            cfg = load_config(argv[0], overrides + ['model.init=checkpoint'])
+        if cfg.load_path is None and cfg.model.init != 'hf':
+            raise ConfigError(['Nothing to evaluate: set load_path=<Composer checkpoint>, or model.init=hf model.name=<HF model>.'])
+    except ConfigError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    limit_cpu_threads()
+    logging.basicConfig(format='%(asctime)s %(levelname)s %(name)s: %(message)s', level=logging.WARNING)
+
+    from t5composer.training import build_trainer
+
+    folder = os.path.dirname(os.path.abspath(cfg.load_path)) if cfg.load_path else cfg.save_folder
+    try:
+        trainer = build_trainer(cfg, train=False, predictions_folder=folder)
+    except ConfigError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    trainer.eval()
+    if int(os.environ.get('RANK', '0')) == 0:
+        for label, metrics in trainer.state.eval_metrics.items():
+            for name, metric in metrics.items():
+                print(f'{label}/{name}: {float(metric.compute()):.4f}', flush=True)
+        if folder and os.path.isdir(os.path.join(folder, 'predictions')):
+            print(f'predictions: {os.path.join(folder, "predictions")}', flush=True)
     trainer.close()
     return 0

@@ -29,6 +29,7 @@ ALGORITHMS: dict[str, Callable[[], type]] = {
 
 CALLBACKS: dict[str, Callable[[], type]] = {
     'nanot5_log': _lazy('t5composer.callbacks.nanot5_log.NanoT5Log'),
+    'hf_export': _lazy('t5composer.callbacks.hf_export.HFExport'),
     'speed_monitor': _lazy('composer.callbacks.SpeedMonitor'),
     'lr_monitor': _lazy('composer.callbacks.LRMonitor'),
     'memory_monitor': _lazy('composer.callbacks.MemoryMonitor'),

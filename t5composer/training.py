@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import torch
 
-from t5composer.config.schema import TrainConfig
+from t5composer.config.schema import SNIDataConfig, TrainConfig
 from t5composer.config.validation import ConfigError
 
 log = logging.getLogger(__name__)
@@ -48,15 +48,17 @@ def _hf_split_name(split: str) -> str:
     return {'val': 'val', 'validation': 'val'}.get(split, split)
 
 
-def _missing_splits(cfg: TrainConfig) -> list[str]:
+def _missing_splits(cfg: TrainConfig, train: bool = True) -> list[str]:
     """Problems for local splits that were never converted (remote ones are checked by streaming)."""
     from t5composer.data.locations import is_remote, split_location
 
     d = cfg.data
+    if isinstance(d, SNIDataConfig):
+        return _missing_sni(d)
     if d.builtin_corpus is not None or is_remote(d.remote):
         return []
     root = d.remote or d.local
-    splits = [s for s in (d.train_split, d.eval_split) if s]
+    splits = [s for s in (d.train_split if train else None, d.eval_split) if s]
     missing = [s for s in splits if not os.path.isfile(os.path.join(split_location(root, s), 'index.json'))]
     if not missing:
         return []
@@ -67,7 +69,20 @@ def _missing_splits(cfg: TrainConfig) -> list[str]:
     ]
 
 
-def preflight(cfg: TrainConfig) -> None:
+def _missing_sni(d: SNIDataConfig) -> list[str]:
+    if d.root is None:
+        return []
+    lists = [os.path.join(d.root, 'splits', d.split_name, f'{s}_tasks.txt') for s in ('train', 'test')]
+    if os.path.isdir(os.path.join(d.root, 'tasks')) and all(os.path.isfile(p) for p in lists):
+        return []
+    return [
+        f"data.root '{d.root}' is not a natural-instructions checkout: it needs tasks/<task>.json and "
+        f"splits/{d.split_name}/train_tasks.txt and test_tasks.txt. Clone allenai/natural-instructions there, "
+        "or set data.split_name to a folder under splits/.",
+    ]
+
+
+def preflight(cfg: TrainConfig, *, train: bool = True) -> None:
     """Checks that need no model and no data loading; raise :class:`ConfigError` listing all problems.
 
     Runs before anything heavy is imported or built, so a first-contact mistake (no converted
@@ -78,7 +93,12 @@ def preflight(cfg: TrainConfig) -> None:
     if not on_gpu and cfg.precision != 'fp32':
         problems.append(f"precision '{cfg.precision}' is not supported on CPU; set precision=fp32 (bf16 needs a GPU).")
     problems += _batch_size_problems(cfg, int(os.environ.get('WORLD_SIZE', '1')), on_gpu)
-    problems += _missing_splits(cfg)
+    problems += _missing_splits(cfg, train)
+    if cfg.model.init == 'checkpoint' and cfg.load_path and '://' not in cfg.load_path and not os.path.isfile(cfg.load_path):
+        problems.append(
+            f"load_path '{cfg.load_path}' does not exist. Train the checkpoint first (for the demo: composer recipes/train.py "
+            "yamls/demo.yaml) or point load_path at a Composer checkpoint (e.g. runs/pt_base/latest-rank0.pt).",
+        )
     if problems:
         raise ConfigError(problems)
 
@@ -170,72 +190,90 @@ def _model_vocab_size(cfg: TrainConfig, tokenizer_len: int) -> Optional[int]:
     return vs
 
 
-def build_trainer(cfg: TrainConfig, *, extra_callbacks: tuple = (), extra_loggers: tuple = ()) -> Any:
-    """Build the Composer Trainer that runs ``cfg``.
+@dataclass
+class RunParts:
+    """What a task (pre-training or SNI fine-tuning) contributes to the Trainer."""
 
-    Args:
-        cfg: a validated config (see :func:`t5composer.config.load_config`).
-        extra_callbacks: callbacks to add to those the config declares (tests use this).
-        extra_loggers: logger destinations to add to those the config declares.
-    """
-    from composer import Trainer
-    from composer.algorithms import GradientClipping
-    from composer.core import Evaluator
-    from composer.devices import DeviceCPU, DeviceGPU
-    from composer.utils import dist, reproducibility
-    from streaming.base.util import clean_stale_shared_memory
+    train_loader: Any
+    evaluators: list
 
-    from t5composer.components import build_components
-    from t5composer.data.span_corruption import SpanCorruptionCollator, random_spans_helper
-    from t5composer.data.streaming import build_span_dataloader
-    from t5composer.models import build_composer_t5, load_model_config
-    from t5composer.optim import build_optimizer, build_scheduler
-    from t5composer.tokenization import load_tokenizer, sentinel_ids
 
-    preflight(cfg)
-    on_gpu = torch.cuda.is_available()
-    if cfg.compile and not on_gpu:
-        log.warning('compile: true on CPU compiles with gcc; the first step takes minutes.')
+def _load_tokenizer(name: str) -> Any:
+    from t5composer.tokenization import load_tokenizer
 
-    device = DeviceGPU() if on_gpu else DeviceCPU()
-    dist.initialize_dist(device, timeout=cfg.dist_timeout)
-    world_size = dist.get_world_size()
-    device_batch, micro, eval_batch = _batch_sizes(cfg, world_size)
-
-    # The builtin corpus is built by one process; the others wait on its lock.
-    plan = plan_data(cfg)
-    d = cfg.data
-    raw_length, _ = random_spans_helper(d.input_length, d.noise_density, d.mean_noise_span_length)
     try:
-        tokenizer = load_tokenizer(plan.tokenizer_name)
+        return load_tokenizer(name)
     except (OSError, ValueError) as e:
-        raise ConfigError([f"tokenizer.name '{plan.tokenizer_name}': {e}"]) from e
-    _check_split_metadata(cfg, plan, tokenizer, raw_length)
+        raise ConfigError([f"tokenizer.name '{name}': {e}"]) from e
 
-    if on_gpu and cfg.tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
 
-    # Streaming datasets of a killed run leave shared memory behind; clear it before ours.
-    clean_stale_shared_memory()
-    reproducibility.seed_all(cfg.seed)
+def _checkpoint_metadata(cfg: TrainConfig) -> tuple[Any, Optional[str]]:
+    """Model config and tokenizer directory stored in the ``load_path`` checkpoint (model.init=checkpoint)."""
+    from t5composer.callbacks.model_metadata import metadata_from_checkpoint
+
+    path = cfg.load_path
+    assert path is not None
+    if not os.path.isfile(path):
+        raise ConfigError([f"load_path '{path}' does not exist; point it at a Composer checkpoint (e.g. runs/pt_base/latest-rank0.pt)."])
+    # mmap: only the small metadata is read here; Composer loads the weights later.
+    state = torch.load(path, map_location='cpu', weights_only=False, mmap=True)
+    try:
+        config, tokenizer_files = metadata_from_checkpoint(state)
+    except (KeyError, ValueError) as e:
+        raise ConfigError([f"load_path '{path}': {e}"]) from e
+    return config, (_materialise_tokenizer(tokenizer_files) if tokenizer_files else None)
+
+
+def _materialise_tokenizer(files: dict[str, bytes]) -> str:
+    """Write tokenizer files carried by a checkpoint to a content-addressed cache directory."""
+    import hashlib
+
+    from t5composer.config.loading import cache_dir
+
+    digest = hashlib.sha256(b''.join(name.encode() + data for name, data in sorted(files.items()))).hexdigest()[:16]
+    out = os.path.join(cache_dir(), 'tokenizers', digest)
+    if not os.path.isdir(out):
+        tmp = f'{out}.tmp-{os.getpid()}'
+        os.makedirs(tmp, exist_ok=True)
+        for name, data in files.items():
+            with open(os.path.join(tmp, name), 'wb') as f:
+                f.write(data)
+        try:
+            os.rename(tmp, out)  # atomic: another process may have won the race, which is fine
+        except OSError:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _model_config(cfg: TrainConfig, tokenizer: Any) -> Any:
+    from t5composer.models import load_model_config
 
     overrides = cfg.model.config_overrides()
     vocab = _model_vocab_size(cfg, len(tokenizer))
     if vocab is not None:
         overrides['vocab_size'] = vocab
     model_config = load_model_config(cfg.model.name, **overrides)
-    if vocab is None and model_config.vocab_size < len(tokenizer):
+    if model_config.vocab_size < len(tokenizer):
         raise ConfigError([
             f"The model config '{cfg.model.name}' has vocab_size {model_config.vocab_size} but the tokenizer has "
             f'{len(tokenizer)} tokens; set model.vocab_size to at least {len(tokenizer)} (a multiple of 128 is fastest).',
         ])
-    model = build_composer_t5(
-        config=model_config,
-        lm_head_init_std=cfg.model.lm_head_init_std,
-        gradient_checkpointing=cfg.model.gradient_checkpointing,
-    )
+    return model_config
 
+
+def _pretraining_parts(cfg: TrainConfig, plan: DataPlan, tokenizer: Any, model_config: Any, batches: tuple, train: bool) -> RunParts:
+    from composer.core import Evaluator
+
+    from t5composer.data.span_corruption import SpanCorruptionCollator, random_spans_helper
+    from t5composer.data.streaming import build_span_dataloader
+    from t5composer.tokenization import sentinel_ids
+
+    d = cfg.data
+    device_batch, _, eval_batch = batches
+    raw_length, _ = random_spans_helper(d.input_length, d.noise_density, d.mean_noise_span_length)
+    _check_split_metadata(cfg, plan, tokenizer, raw_length)
     collator = SpanCorruptionCollator(
         sentinel_ids=sentinel_ids(tokenizer, 100),
         eos_id=tokenizer.eos_token_id,
@@ -252,30 +290,173 @@ def build_trainer(cfg: TrainConfig, *, extra_callbacks: tuple = (), extra_logger
         num_workers=d.num_workers, prefetch_factor=d.prefetch_factor,
         pin_memory=d.pin_memory, persistent_workers=d.persistent_workers,
     )
-    train_loader = build_span_dataloader(split=d.train_split, device_batch_size=device_batch, shuffle=d.shuffle, train=True, **loader_kwargs)
+    train_loader = None
+    if train:
+        train_loader = build_span_dataloader(split=d.train_split, device_batch_size=device_batch, shuffle=d.shuffle, train=True, **loader_kwargs)
     evaluators = []
     if d.eval_split:
         # Under torch.compile a short last batch costs a recompile (a minute for T5-base on an H100).
         eval_loader = build_span_dataloader(split=d.eval_split, device_batch_size=eval_batch, shuffle=False, train=False,
                                             drop_last=cfg.compile, **loader_kwargs)
         evaluators.append(Evaluator(label='eval', dataloader=eval_loader, metric_names=['LanguageNLL', 'TokenAccuracy']))
+    return RunParts(train_loader=train_loader, evaluators=evaluators)
+
+
+def _sni_root(cfg: TrainConfig) -> str:
+    d = cfg.data
+    if d.builtin_tasks is None:
+        assert d.root is not None
+        return d.root
+    from t5composer.config.loading import cache_dir
+    from t5composer.data.sni_synthetic import prepare_synthetic_sni
+
+    return str(prepare_synthetic_sni(cache_dir=os.path.join(cache_dir(), 'sni_synthetic'), seed=cfg.seed))
+
+
+def _sni_parts(cfg: TrainConfig, tokenizer: Any, model_config: Any, batches: tuple, train: bool) -> tuple[RunParts, Any]:
+    from composer.core import Evaluator
+    from composer.utils import dist
+    from torch.utils.data import DataLoader
+
+    from t5composer.data.sni import SNICollator, SNIDataset, load_sni_split
+    from t5composer.models.composer_t5 import GenerationEval
+
+    d = cfg.data
+    device_batch, _, eval_batch = batches
+    root = _sni_root(cfg)
+    common = dict(root=root, split_name=d.split_name, tokenizer=tokenizer, seed=cfg.seed, max_instances_per_task=d.max_instances_per_task,
+                  max_source_length=d.max_source_length, max_target_length=d.max_target_length, num_pos_examples=d.num_pos_examples)
+    collator = SNICollator(pad_id=tokenizer.pad_token_id, decoder_start_id=model_config.decoder_start_token_id)
+
+    def loader(subset: str, batch_size: int, train: bool) -> tuple[Any, Any]:
+        try:
+            split = load_sni_split(subset=subset, **common)
+        except (OSError, ValueError) as e:
+            raise ConfigError([f"data.root '{root}': {e}"]) from e
+        for problem in split.problems:
+            log.warning('SNI %s split: %s', subset, problem)
+        dataset = SNIDataset(split.examples, tokenizer=tokenizer, max_source_length=d.max_source_length, max_target_length=d.max_target_length)
+        # A map-style dataset with Composer's distributed sampler: shards across ranks, shuffles
+        # with the seed, and Composer resumes it mid-epoch by skipping the batches already seen.
+        sampler = dist.get_sampler(dataset, shuffle=train and d.shuffle, drop_last=train, seed=cfg.seed)
+        return split, DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collator, num_workers=d.num_workers,
+                                 pin_memory=d.pin_memory and torch.cuda.is_available(), drop_last=train)
+
+    train_loader = loader('train', device_batch, True)[1] if train else None
+    evaluators = []
+    generation = None
+    if d.eval:
+        test_split, test_loader = loader('test', eval_batch, False)
+        tasks = sorted({e.task for e in test_split.examples})
+        categories = {e.task: list(e.categories) for e in test_split.examples}
+        generation = GenerationEval(tokenizer=tokenizer, max_new_tokens=d.max_new_tokens, task_names=tasks, task_categories=categories)
+        evaluators.append(Evaluator(label='sni', dataloader=test_loader, metric_names=['LanguageNLL', 'TokenAccuracy', 'RougeL', 'ExactMatch']))
+    return RunParts(train_loader=train_loader, evaluators=evaluators), generation
+
+
+def build_trainer(
+    cfg: TrainConfig,
+    *,
+    extra_callbacks: tuple = (),
+    extra_loggers: tuple = (),
+    train: bool = True,
+    predictions_folder: Optional[str] = None,
+) -> Any:
+    """Build the Composer Trainer that runs ``cfg``.
+
+    Args:
+        cfg: a validated config (see :func:`t5composer.config.load_config`).
+        extra_callbacks: callbacks to add to those the config declares (tests use this).
+        extra_loggers: logger destinations to add to those the config declares.
+        train: False builds an evaluation-only trainer (no train data; ``recipes/evaluate.py``).
+        predictions_folder: where generation evals write predictions (default: save_folder).
+    """
+    from composer import Trainer
+    from composer.algorithms import GradientClipping
+    from composer.devices import DeviceCPU, DeviceGPU
+    from composer.utils import dist, reproducibility
+    from streaming.base.util import clean_stale_shared_memory
+
+    from t5composer.callbacks.model_metadata import ModelMetadata
+    from t5composer.components import build_components
+    from t5composer.models import build_composer_t5
+    from t5composer.optim import build_optimizer, build_scheduler
+
+    preflight(cfg, train=train)
+    on_gpu = torch.cuda.is_available()
+    if cfg.compile and not on_gpu:
+        log.warning('compile: true on CPU compiles with gcc; the first step takes minutes.')
+
+    device = DeviceGPU() if on_gpu else DeviceCPU()
+    dist.initialize_dist(device, timeout=cfg.dist_timeout)
+    batches = _batch_sizes(cfg, dist.get_world_size())
+    fine_tuning = isinstance(cfg.data, SNIDataConfig)
+
+    # Where the architecture and tokenizer come from: the config, or the checkpoint we start from.
+    checkpoint_config, checkpoint_tokenizer = _checkpoint_metadata(cfg) if cfg.model.init == 'checkpoint' else (None, None)
+    plan = None if fine_tuning else plan_data(cfg)  # the builtin corpus is built by one process; others wait
+    tokenizer_name = cfg.tokenizer.name or checkpoint_tokenizer or (plan.tokenizer_name if plan else None)
+    if tokenizer_name is None:
+        raise ConfigError([f"The checkpoint '{cfg.load_path}' carries no tokenizer; set tokenizer.name."])
+    tokenizer = _load_tokenizer(tokenizer_name)
+
+    if on_gpu and cfg.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    # Streaming datasets of a killed run leave shared memory behind; clear it before ours.
+    clean_stale_shared_memory()
+    reproducibility.seed_all(cfg.seed)
+
+    if checkpoint_config is not None:
+        model_config = checkpoint_config
+        if cfg.model.dropout_rate is not None:
+            model_config.dropout_rate = cfg.model.dropout_rate
+    elif cfg.model.init == 'hf':
+        from t5composer.models import load_model_config
+
+        model_config = load_model_config(cfg.model.name, **cfg.model.config_overrides())
+    else:
+        model_config = _model_config(cfg, tokenizer)
+    if model_config.vocab_size < len(tokenizer):
+        raise ConfigError([f'The model has vocab_size {model_config.vocab_size} but the tokenizer {tokenizer_name} has {len(tokenizer)} tokens; they do not belong together.'])
+
+    if fine_tuning:
+        parts, generation = _sni_parts(cfg, tokenizer, model_config, batches, train)
+    else:
+        assert plan is not None
+        parts, generation = _pretraining_parts(cfg, plan, tokenizer, model_config, batches, train), None
+
+    model = build_composer_t5(
+        config=model_config,
+        init='pretrained' if cfg.model.init == 'hf' else 'random',
+        pretrained=cfg.model.name if cfg.model.init == 'hf' else None,
+        lm_head_init_std=cfg.model.lm_head_init_std,
+        gradient_checkpointing=cfg.model.gradient_checkpointing,
+        generation=generation,
+    )
 
     optimizer = build_optimizer(model, name=cfg.optimizer.name, lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay, **cfg.optimizer.kwargs)
     scheduler = build_scheduler(cfg.scheduler.name, base_lr=cfg.optimizer.lr, **cfg.scheduler.kwargs)
 
     algorithms = build_components('algorithms', cfg.algorithms)
     callbacks = build_components('callbacks', cfg.callbacks) + list(extra_callbacks)
+    # Checkpoints carry the model config and tokenizer, so exports and fine-tuning need nothing else.
+    callbacks.append(ModelMetadata(config=model_config, tokenizer_dir=tokenizer))
+    if fine_tuning and cfg.data.eval:
+        from t5composer.callbacks.predictions import PredictionWriter
+
+        callbacks.append(PredictionWriter(folder=predictions_folder or cfg.save_folder))
     loggers = build_components('loggers', cfg.loggers) + list(extra_loggers)
     if not any(isinstance(a, GradientClipping) for a in algorithms):
         log.info('No gradient clipping configured (algorithms.gradient_clipping).')
 
-    trainer = Trainer(
+    return Trainer(
         model=model,
-        train_dataloader=train_loader,
-        eval_dataloader=evaluators or None,
+        train_dataloader=parts.train_loader,
+        eval_dataloader=parts.evaluators or None,
         eval_interval=cfg.eval_interval,
         eval_subset_num_batches=cfg.eval_subset_num_batches,
-        max_duration=cfg.max_duration,
+        max_duration=cfg.max_duration if train else None,
         optimizers=optimizer,
         schedulers=scheduler,
         step_schedulers_every_batch=True,
@@ -286,14 +467,14 @@ def build_trainer(cfg: TrainConfig, *, extra_callbacks: tuple = (), extra_logger
         seed=cfg.seed,
         device=device,
         precision=cfg.precision,
-        device_train_microbatch_size=micro,
+        device_train_microbatch_size=batches[1],
         save_folder=cfg.save_folder,
         save_interval=cfg.save_interval,
         save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
         save_overwrite=cfg.save_overwrite,
         autoresume=cfg.autoresume,
         load_path=cfg.load_path,
-        load_weights_only=cfg.load_weights_only,
+        load_weights_only=cfg.load_weights_only or cfg.model.init == 'checkpoint',
         load_strict_model_weights=cfg.load_strict_model_weights,
         progress_bar=cfg.progress_bar,
         log_to_console=cfg.log_to_console,
@@ -302,7 +483,6 @@ def build_trainer(cfg: TrainConfig, *, extra_callbacks: tuple = (), extra_logger
         dist_timeout=cfg.dist_timeout,
         compile_config={} if cfg.compile else None,
     )
-    return trainer
 
 
 def config_summary(cfg: TrainConfig) -> dict[str, Any]:

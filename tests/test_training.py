@@ -176,7 +176,8 @@ def test_data_converted_for_another_length_is_refused():
 
 @pytest.mark.slow
 def test_demo_recipe_end_to_end(tmp_path):
-    """The README's demo: trains, eval loss ends >= 30% below the first eval, checkpoints, resumes."""
+    """The README's demos: pre-training (eval loss ends >= 30% below the first eval, checkpoints,
+    resumes), then fine-tuning its checkpoint on generated SNI-format tasks."""
     env = {**os.environ, 'CUDA_VISIBLE_DEVICES': '', 'PYTHONUNBUFFERED': '1'}
     composer = Path(sys.executable).with_name('composer')
     cmd = [str(composer), str(REPO / 'recipes' / 'train.py'), str(REPO / 'yamls' / 'demo.yaml')]
@@ -192,6 +193,19 @@ def test_demo_recipe_end_to_end(tmp_path):
     again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Run 'demo' is already complete (400ba)" in again.stdout
+
+    # The README's fine-tuning demo continues from this checkpoint.
+    ft_cmd = [str(composer), str(REPO / 'recipes' / 'train.py'), str(REPO / 'yamls' / 'demo_ft.yaml')]
+    ft = subprocess.run(ft_cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert ft.returncode == 0, ft.stdout[-3000:] + ft.stderr[-3000:]
+    rouge = [float(x) for x in re.findall(r'metrics/sni/RougeL: ([\d.]+)', ft.stdout + ft.stderr)]
+    assert len(rouge) == 3 and rouge[-1] > rouge[0], rouge  # before, mid-way and after fine-tuning
+    run = tmp_path / 'runs' / 'demo_ft'
+    assert (run / 'predictions' / 'sni-ba300.jsonl').exists()
+    from transformers import T5ForConditionalGeneration
+
+    exported = T5ForConditionalGeneration.from_pretrained(run / 'hf' / 'final')
+    assert exported.config.d_model == 128
 
 
 @pytest.mark.slow

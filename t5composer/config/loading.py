@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from t5composer.config.schema import TrainConfig
+from t5composer.config.schema import DataConfig, TrainConfig
 from t5composer.config.validation import ConfigError, from_dict
 
 __all__ = ['cache_dir', 'load_config', 'config_from_dict', 'value_problems', 'redact']
@@ -96,26 +96,10 @@ def _warmup_problems(cfg: TrainConfig) -> list[str]:
     return []
 
 
-def value_problems(cfg: TrainConfig) -> list[str]:
-    """Problems with values that have the right type but cannot work together."""
+def _c4_problems(cfg: TrainConfig) -> list[str]:
     from t5composer.data.span_corruption import noise_span_counts, random_spans_helper
 
     p: list[str] = []
-    p += _time_problems(cfg.max_duration, 'max_duration', ('ba', 'ep', 'sp', 'tok'))
-    p += _time_problems(cfg.eval_interval, 'eval_interval', ('ba', 'ep'))
-    p += _time_problems(cfg.save_interval, 'save_interval', ('ba', 'ep'))
-    if cfg.global_train_batch_size <= 0:
-        p.append(f"'global_train_batch_size' must be positive, got {cfg.global_train_batch_size}.")
-    mb = cfg.device_train_microbatch_size
-    if isinstance(mb, int) and mb <= 0:
-        p.append(f"'device_train_microbatch_size' must be positive or 'auto', got {mb}.")
-    if cfg.device_eval_batch_size is not None and cfg.device_eval_batch_size <= 0:
-        p.append(f"'device_eval_batch_size' must be positive, got {cfg.device_eval_batch_size}.")
-    p += _warmup_problems(cfg)
-    if cfg.optimizer.lr < 0:
-        p.append(f"'optimizer.lr' must be >= 0, got {cfg.optimizer.lr}.")
-    if cfg.optimizer.weight_decay < 0:
-        p.append(f"'optimizer.weight_decay' must be >= 0, got {cfg.optimizer.weight_decay}.")
     d = cfg.data
     span_ok = True
     if not 0.0 < d.noise_density < 1.0:
@@ -142,6 +126,56 @@ def value_problems(cfg: TrainConfig) -> list[str]:
             p.append("Set 'data.local' (a directory of converted MDS splits) or 'data.remote'; convert C4 with: python recipes/convert_c4.py --out_root data/c4 --splits train val")
         if cfg.tokenizer.name is None:
             p.append("Set 'tokenizer.name' (e.g. google/t5-v1_1-base or a local directory with spiece.model).")
+    return p
+
+
+def _sni_problems(cfg: TrainConfig) -> list[str]:
+    d = cfg.data
+    p: list[str] = []
+    if (d.root is None) == (d.builtin_tasks is None):
+        p.append("Set exactly one of 'data.root' (a natural-instructions checkout with tasks/ and splits/) and 'data.builtin_tasks' (synthetic).")
+    for key in ('max_instances_per_task', 'max_source_length', 'max_target_length', 'max_new_tokens'):
+        if getattr(d, key) <= 0:
+            p.append(f"'data.{key}' must be positive, got {getattr(d, key)}.")
+    if d.num_pos_examples < 0:
+        p.append(f"'data.num_pos_examples' must be >= 0, got {d.num_pos_examples}.")
+    if d.num_workers < 0:
+        p.append(f"'data.num_workers' must be >= 0, got {d.num_workers}.")
+    if cfg.tokenizer.name is None and cfg.model.init != 'checkpoint':
+        p.append("Set 'tokenizer.name' (e.g. google/t5-v1_1-base, or the tokenizer directory of a pre-training run).")
+    return p
+
+
+def _init_problems(cfg: TrainConfig) -> list[str]:
+    init = cfg.model.init
+    if init == 'checkpoint' and cfg.load_path is None:
+        return ["When setting 'model.init: checkpoint' you must also set 'load_path' (a Composer checkpoint, e.g. runs/pt_base/latest-rank0.pt)."]
+    if init == 'hf' and cfg.model.config_overrides().keys() - {'dropout_rate'}:
+        extra = sorted(cfg.model.config_overrides().keys() - {'dropout_rate'})
+        return [f"'model.init: hf' takes the architecture from the weights; remove the model overrides {', '.join('model.' + k for k in extra)} (only model.dropout_rate may change)."]
+    return []
+
+
+def value_problems(cfg: TrainConfig) -> list[str]:
+    """Problems with values that have the right type but cannot work together."""
+    p: list[str] = []
+    p += _time_problems(cfg.max_duration, 'max_duration', ('ba', 'ep', 'sp', 'tok'))
+    p += _time_problems(cfg.eval_interval, 'eval_interval', ('ba', 'ep'))
+    p += _time_problems(cfg.save_interval, 'save_interval', ('ba', 'ep'))
+    if cfg.global_train_batch_size <= 0:
+        p.append(f"'global_train_batch_size' must be positive, got {cfg.global_train_batch_size}.")
+    mb = cfg.device_train_microbatch_size
+    if isinstance(mb, int) and mb <= 0:
+        p.append(f"'device_train_microbatch_size' must be positive or 'auto', got {mb}.")
+    if cfg.device_eval_batch_size is not None and cfg.device_eval_batch_size <= 0:
+        p.append(f"'device_eval_batch_size' must be positive, got {cfg.device_eval_batch_size}.")
+    p += _warmup_problems(cfg)
+    if cfg.optimizer.lr < 0:
+        p.append(f"'optimizer.lr' must be >= 0, got {cfg.optimizer.lr}.")
+    if cfg.optimizer.weight_decay < 0:
+        p.append(f"'optimizer.weight_decay' must be >= 0, got {cfg.optimizer.weight_decay}.")
+    p += _c4_problems(cfg) if isinstance(cfg.data, DataConfig) else _sni_problems(cfg)
+    p += _init_problems(cfg)
     if cfg.autoresume and (cfg.run_name is None or cfg.save_folder is None):
         p.append("When setting 'autoresume: true' you must also set 'run_name' and 'save_folder'.")
     if cfg.save_num_checkpoints_to_keep == 0 or cfg.save_num_checkpoints_to_keep < -1:

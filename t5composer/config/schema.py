@@ -14,7 +14,7 @@ from typing import Any, Literal, Optional, Union
 
 from t5composer.config.validation import required
 
-__all__ = ['TokenizerConfig', 'ModelConfig', 'DataConfig', 'OptimizerConfig', 'SchedulerConfig', 'TrainConfig']
+__all__ = ['TokenizerConfig', 'ModelConfig', 'DataConfig', 'SNIDataConfig', 'OptimizerConfig', 'SchedulerConfig', 'TrainConfig']
 
 
 @dataclass
@@ -33,7 +33,10 @@ class ModelConfig:
     """Args:
     name: a built-in config name (google/t5-v1_1-small/base/large/xl/xxl), a local directory
         with config.json, or a hub name.
-    init: how weights start; ``random`` uses the reference's init (see docs/design.md).
+    init: where weights start: ``random`` (the reference's init, see docs/design.md), ``hf``
+        (Hugging Face weights of ``name``: a hub name or a local directory, from safetensors or
+        torch files), or ``checkpoint`` (the weights of the Composer checkpoint ``load_path``,
+        with a fresh optimizer and schedule).
     lm_head_init_std: std of the untied lm_head at init; null keeps the reference's 1.0
         (first loss ~60). d_model**-0.5 is the common alternative.
     gradient_checkpointing: recompute block activations in backward to save memory.
@@ -43,7 +46,7 @@ class ModelConfig:
     """
 
     name: str = 'google/t5-v1_1-base'
-    init: Literal['random'] = 'random'
+    init: Literal['random', 'hf', 'checkpoint'] = 'random'
     lm_head_init_std: Optional[float] = None
     gradient_checkpointing: bool = False
     vocab_size: Union[int, Literal['tokenizer'], None] = None
@@ -67,7 +70,10 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Args:
+    """Pre-training data: span-corrupted C4 (or any corpus converted like it).
+
+    Args:
+        name: ``c4`` (the default data section).
     local: directory holding the converted MDS splits (or the local cache of ``remote``).
     remote: object-store or other remote location of the splits (s3://, gs://, ...).
     train_split / eval_split: split names under local/remote (``recipes/convert_c4.py`` writes
@@ -79,6 +85,7 @@ class DataConfig:
     builtin_vocab_size: SentencePiece pieces for the builtin corpus's tokenizer.
     """
 
+    name: Literal['c4'] = 'c4'
     local: Optional[str] = None
     remote: Optional[str] = None
     train_split: str = 'train'
@@ -98,6 +105,38 @@ class DataConfig:
     persistent_workers: bool = True
     builtin_corpus: Optional[Literal['python_docs']] = None
     builtin_vocab_size: int = 2000
+
+
+@dataclass
+class SNIDataConfig:
+    """Fine-tuning data: Super-Natural Instructions in the Tk-Instruct setup.
+
+    Args:
+        name: ``sni``.
+        root: a natural-instructions checkout (``tasks/*.json``, ``splits/<split_name>/``).
+        split_name: which split lists to use (``default``: 756 train / 119 test tasks).
+        builtin_tasks: ``synthetic`` generates small SNI-format tasks offline for the CPU demo
+            (leave ``root`` null).
+        max_instances_per_task: instances sampled per task (Tk-Instruct: 100).
+        max_source_length / max_target_length: token limits of sources and targets.
+        num_pos_examples: positive examples in each source (Tk-Instruct: 2).
+        max_new_tokens: generation length at evaluation.
+        eval: evaluate RougeL / exact match on the test tasks.
+    """
+
+    name: Literal['sni'] = 'sni'
+    root: Optional[str] = None
+    split_name: str = 'default'
+    builtin_tasks: Optional[Literal['synthetic']] = None
+    max_instances_per_task: int = 100
+    max_source_length: int = 1024
+    max_target_length: int = 128
+    num_pos_examples: int = 2
+    max_new_tokens: int = 128
+    eval: bool = True
+    shuffle: bool = True
+    num_workers: int = 0
+    pin_memory: bool = True
 
 
 @dataclass
@@ -159,7 +198,7 @@ class TrainConfig:
     dist_timeout: float = 600.0
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: Union[DataConfig, SNIDataConfig] = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = required()
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     algorithms: dict[str, Optional[dict[str, Any]]] = field(default_factory=dict)

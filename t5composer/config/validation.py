@@ -70,6 +70,9 @@ def _convert(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
         return value
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
+        tagged = [a for a in args if dataclasses.is_dataclass(a)]
+        if len(tagged) > 1 and isinstance(value, dict):
+            return _convert_tagged(value, tagged, where, problems)
         # Try each member quietly; report once with the whole union if none fits.
         for arg in args:
             trial: list[str] = []
@@ -127,6 +130,18 @@ def _convert(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
             problems.append(f"'{where}' must be a string, got {type(value).__name__} {value!r}.")
         return value
     raise TypeError(f'unsupported schema type {tp!r} at {where}')
+
+
+def _convert_tagged(value: dict, classes: list[type], where: str, problems: list[str]) -> Any:
+    """A mapping whose ``name`` key picks one of several dataclasses (e.g. data: {name: sni})."""
+    by_name = {f.default: cls for cls in classes for f in dataclasses.fields(cls) if f.name == 'name'}
+    default = dataclasses.fields(classes[0])  # the first listed class is the default
+    name = value.get('name', next(f.default for f in default if f.name == 'name'))
+    if name not in by_name:
+        hint = closest(str(name), [str(n) for n in by_name])
+        problems.append(f"'{where}.name' must be one of {', '.join(repr(n) for n in by_name)}, got {name!r}.{hint}")
+        return None
+    return _from_dict(by_name[name], value, where + '.', problems)
 
 
 def _from_dict(cls: type, data: dict, prefix: str, problems: list[str]) -> Any:

@@ -285,7 +285,6 @@ def _convert_split(
 
     backend = BatchEncoder(tokenizer, backend=encoder).backend  # fail early on a bad choice
     with ExitStack() as stack:
-        # The pool is forked first, before MDSWriter and tqdm start threads.
         pool = stack.enter_context(_worker_pool(num_workers, tokenizer, backend)) if num_workers > 1 else None
         writer = stack.enter_context(
             MDSWriter(out=str(tmp), columns={'tokens': 'ndarray:uint16'}, compression=compression, size_limit=size_limit)
@@ -322,11 +321,15 @@ def _convert_split(
 
 
 def _worker_pool(num_workers: int, tokenizer: Any, backend: str) -> Any:
-    """A process pool whose workers hold the tokenizer (fork where available: nothing to pickle)."""
+    """A process pool whose workers each hold the tokenizer (pickled to them once).
+
+    Not 'fork': forking a process that already runs threads (torch, tokenizers, streaming) can
+    copy a held lock into the child and hang it; that was seen here, in a pytest run. forkserver
+    forks from a clean single-threaded server instead.
+    """
     methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context('fork' if 'fork' in methods else 'spawn')
-    # Workers are single-threaded tokenizers; setting this around the fork also silences the
-    # tokenizers library's "process just got forked" warning.
+    ctx = multiprocessing.get_context('forkserver' if 'forkserver' in methods else 'spawn')
+    # Workers are single-threaded tokenizers.
     old = os.environ.get('TOKENIZERS_PARALLELISM')
     os.environ['TOKENIZERS_PARALLELISM'] = 'false'
     try:

@@ -28,9 +28,9 @@ import sys
 import sysconfig
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
-__all__ = ['DEMO_VERSION', 'demo_documents', 'prepare_demo_data', 'write_demo_corpus']
+__all__ = ['DEMO_VERSION', 'build_once', 'demo_documents', 'prepare_demo_data', 'write_demo_corpus']
 
 DEMO_VERSION = 1  # bump when the corpus or the build changes, so caches are rebuilt
 _VAL_EVERY = 10
@@ -153,6 +153,31 @@ def _fmt(x: float) -> str:
     return f'{x:g}'.replace('.', 'p')
 
 
+def build_once(marker: Path, build: Callable[[], Optional[str]], *, lock_path: Path) -> bool:
+    """Run ``build`` unless ``marker`` exists; concurrent callers wait and build only once.
+
+    Args:
+        marker: completion marker, written (with ``build``'s return value, or empty) when done.
+        build: the step; it must leave no marker-less partial state that breaks a re-run.
+        lock_path: file lock shared by the processes that may build the same thing.
+
+    Returns:
+        True if this call ran ``build``.
+    """
+    if marker.is_file():
+        return False
+    from filelock import FileLock
+
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock_path)):
+        # Another process may have finished the build while we waited for the lock.
+        if marker.is_file():
+            return False
+        content = build()
+        marker.write_text(content or '')
+    return True
+
+
 def prepare_demo_data(
     *,
     cache_dir: str | os.PathLike,
@@ -179,50 +204,47 @@ def prepare_demo_data(
     Returns:
         ``(tokenizer_dir, mds_root)``; the splits are ``mds_root/train`` and ``mds_root/val``.
     """
-    from filelock import FileLock
-
     py = f'{sys.version_info[0]}.{sys.version_info[1]}'
     base = Path(os.path.expanduser(str(cache_dir))) / f'python_docs-py{py}-v{DEMO_VERSION}'
     corpus_dir = base / 'corpus'
     tok_dir = base / f'tokenizer-v{vocab_size}'
     mds_root = base / f'mds-v{vocab_size}-L{input_length}-d{_fmt(noise_density)}-m{_fmt(mean_noise_span_length)}'
-    done = [d / '.complete' for d in (corpus_dir, tok_dir, mds_root)]
-    if all(m.is_file() for m in done):
-        return tok_dir, mds_root
+    lock = base / '.build.lock'
 
-    base.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(base / '.build.lock')):
-        # Another process may have finished the build while we waited for the lock.
-        if not done[0].is_file():
-            t = time.perf_counter()
-            m = write_demo_corpus(corpus_dir)
-            done[0].write_text(json.dumps(m) + '\n')
-            if verbose:
-                print(f'demo corpus (Python {m["python"]} docs): train {m["docs"]["train"]} docs / '
-                      f'{m["chars"]["train"]:,} chars, val {m["docs"]["val"]} docs / {m["chars"]["val"]:,} '
-                      f'chars ({time.perf_counter() - t:.1f} s) -> {corpus_dir}', flush=True)
-        if not done[1].is_file():
-            from t5composer.tokenizer_training import train_tokenizer
+    def corpus() -> str:
+        t = time.perf_counter()
+        m = write_demo_corpus(corpus_dir)
+        if verbose:
+            print(f'demo corpus (Python {m["python"]} docs): train {m["docs"]["train"]} docs / '
+                  f'{m["chars"]["train"]:,} chars, val {m["docs"]["val"]} docs / {m["chars"]["val"]:,} '
+                  f'chars ({time.perf_counter() - t:.1f} s) -> {corpus_dir}', flush=True)
+        return json.dumps(m) + '\n'
 
-            t = time.perf_counter()
-            train_file = corpus_dir / 'c4-train.00000-of-00001.json.gz'
-            train_tokenizer(out_dir=tok_dir, vocab_size=vocab_size, input_files=[train_file])
-            done[1].write_text('')
-            if verbose:
-                print(f'demo tokenizer: {vocab_size} pieces + 100 sentinels '
-                      f'({time.perf_counter() - t:.1f} s) -> {tok_dir}', flush=True)
-        if not done[2].is_file():
-            from t5composer.data.c4_convert import convert_c4
+    def tokenizer() -> None:
+        from t5composer.tokenizer_training import train_tokenizer
 
-            t = time.perf_counter()
-            res = convert_c4(
-                source=str(corpus_dir), out_root=mds_root, splits=('train', 'val'), tokenizer=str(tok_dir),
-                input_length=input_length, noise_density=noise_density,
-                mean_noise_span_length=mean_noise_span_length, overwrite=True, progress=False,
-            )
-            done[2].write_text('')
-            if verbose:
-                rows = ', '.join(f'{s} {r["rows"]} rows' for s, r in res.items())
-                print(f'demo data: {rows} of {res["train"]["expanded_length"]} tokens '
-                      f'({time.perf_counter() - t:.1f} s) -> {mds_root}', flush=True)
+        t = time.perf_counter()
+        train_file = corpus_dir / 'c4-train.00000-of-00001.json.gz'
+        train_tokenizer(out_dir=tok_dir, vocab_size=vocab_size, input_files=[train_file])
+        if verbose:
+            print(f'demo tokenizer: {vocab_size} pieces + 100 sentinels '
+                  f'({time.perf_counter() - t:.1f} s) -> {tok_dir}', flush=True)
+
+    def mds() -> None:
+        from t5composer.data.c4_convert import convert_c4
+
+        t = time.perf_counter()
+        res = convert_c4(
+            source=str(corpus_dir), out_root=mds_root, splits=('train', 'val'), tokenizer=str(tok_dir),
+            input_length=input_length, noise_density=noise_density,
+            mean_noise_span_length=mean_noise_span_length, overwrite=True, progress=False,
+        )
+        if verbose:
+            rows = ', '.join(f'{s} {r["rows"]} rows' for s, r in res.items())
+            print(f'demo data: {rows} of {res["train"]["expanded_length"]} tokens '
+                  f'({time.perf_counter() - t:.1f} s) -> {mds_root}', flush=True)
+
+    build_once(corpus_dir / '.complete', corpus, lock_path=lock)
+    build_once(tok_dir / '.complete', tokenizer, lock_path=lock)
+    build_once(mds_root / '.complete', mds, lock_path=lock)
     return tok_dir, mds_root

@@ -8,7 +8,8 @@ The logits line up with ``labels`` position by position (no extra shift, unlike 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -20,7 +21,7 @@ from torchmetrics import Metric
 from t5composer.models.metrics import LanguageNLL, TokenAccuracy
 from t5composer.models.t5 import T5ForConditionalGeneration, shift_right
 
-__all__ = ['ComposerT5', 'build_composer_t5', 't5_flops_per_batch']
+__all__ = ['ComposerT5', 'GenerationEval', 'build_composer_t5', 't5_flops_per_batch']
 
 
 def t5_flops_per_batch(
@@ -72,6 +73,23 @@ def t5_flops_per_batch(
     return 3 * forward
 
 
+@dataclass
+class GenerationEval:
+    """Evaluate by greedy generation (RougeL and exact match), Tk-Instruct style.
+
+    Args:
+        tokenizer: decodes generated ids (special tokens skipped).
+        max_new_tokens: generation length (Tk-Instruct: 128).
+        task_names: every task the eval set holds, for per-task scores.
+        task_categories: task -> its SNI categories, for per-category scores.
+    """
+
+    tokenizer: Any
+    max_new_tokens: int = 128
+    task_names: Sequence[str] = ()
+    task_categories: Mapping[str, Sequence[str]] = field(default_factory=dict)
+
+
 class ComposerT5(ComposerModel):
     """Composer model for T5 span-corruption pre-training / seq2seq fine-tuning.
 
@@ -83,10 +101,11 @@ class ComposerT5(ComposerModel):
         model: the T5 network.
     """
 
-    def __init__(self, *, model: T5ForConditionalGeneration) -> None:
+    def __init__(self, *, model: T5ForConditionalGeneration, generation: GenerationEval | None = None) -> None:
         super().__init__()
         self.model = model
         self.config = model.config
+        self.generation = generation
 
     # -- training -----------------------------------------------------------------------------
 
@@ -127,14 +146,22 @@ class ComposerT5(ComposerModel):
 
     # -- evaluation ---------------------------------------------------------------------------
 
-    def eval_forward(self, batch: Mapping[str, Any], outputs: Any | None = None) -> torch.Tensor:
-        """Logits for metric updates (reuses the training outputs when given).
+    def eval_forward(self, batch: Mapping[str, Any], outputs: Any | None = None) -> Any:
+        """Logits for metric updates (reuses the training outputs when given); with generation
+        eval and a batch that carries ``references``, also the decoded greedy predictions.
 
         Args:
             batch: the batch.
             outputs: logits already computed in training, or None.
         """
-        return outputs if outputs is not None else self.forward(batch)
+        logits = outputs if outputs is not None else self.forward(batch)
+        if self.generation is None or 'references' not in batch:
+            return logits
+        generated = self.model.generate(
+            batch['input_ids'], attention_mask=batch.get('attention_mask'), max_new_tokens=self.generation.max_new_tokens,
+        )
+        predictions = self.generation.tokenizer.batch_decode(generated, skip_special_tokens=True)
+        return {'logits': logits, 'predictions': [p.strip() for p in predictions]}
 
     def get_metrics(self, is_train: bool = False) -> dict[str, Metric]:
         """Fresh metric objects: ``{}`` for training, NLL and token accuracy for evaluation.
@@ -144,7 +171,13 @@ class ComposerT5(ComposerModel):
         """
         if is_train:
             return {}
-        return {'LanguageNLL': LanguageNLL(ignore_index=-100), 'TokenAccuracy': TokenAccuracy(ignore_index=-100)}
+        metrics: dict[str, Metric] = {'LanguageNLL': LanguageNLL(ignore_index=-100), 'TokenAccuracy': TokenAccuracy(ignore_index=-100)}
+        if self.generation is not None:
+            from t5composer.models.text_metrics import ExactMatch, RougeL
+
+            kwargs = {'task_names': list(self.generation.task_names), 'task_categories': dict(self.generation.task_categories)}
+            metrics.update({'RougeL': RougeL(**kwargs), 'ExactMatch': ExactMatch(**kwargs)})
+        return metrics
 
     def update_metric(self, batch: Mapping[str, Any], outputs: torch.Tensor, metric: Metric) -> None:
         """Update one metric with the logits and ``batch['labels']``.
@@ -154,6 +187,16 @@ class ComposerT5(ComposerModel):
             outputs: logits from :meth:`eval_forward`.
             metric: a metric from :meth:`get_metrics`.
         """
+        from t5composer.models.text_metrics import ExactMatch, RougeL
+
+        text_metric = isinstance(metric, (RougeL, ExactMatch))
+        if isinstance(outputs, dict):
+            if text_metric:
+                metric.update(outputs['predictions'], batch['references'], batch.get('task'))
+                return
+            outputs = outputs['logits']
+        elif text_metric:
+            return  # a batch without references (e.g. a C4 eval set): nothing to generate against
         metric.update(outputs, batch['labels'])
 
     # -- throughput ---------------------------------------------------------------------------
@@ -196,6 +239,7 @@ def build_composer_t5(
     pretrained: str | None = None,
     lm_head_init_std: float | None = None,
     gradient_checkpointing: bool = False,
+    generation: GenerationEval | None = None,
 ) -> ComposerT5:
     """Build the Composer model.
 
@@ -207,6 +251,7 @@ def build_composer_t5(
             local model directory, or a hub name.
         lm_head_init_std: std of the untied lm_head at random init; None = the reference's 1.0.
         gradient_checkpointing: recompute each block's activations in backward.
+        generation: evaluate by greedy generation too (fine-tuning); None for pre-training.
     """
     if init not in ('random', 'pretrained'):
         raise ValueError(f"init must be 'random' or 'pretrained', got {init!r}.")
@@ -222,4 +267,4 @@ def build_composer_t5(
             state.setdefault('lm_head.weight', state['shared.weight'])
         model.load_state_dict(state, strict=True)
     model.set_gradient_checkpointing(gradient_checkpointing)
-    return ComposerT5(model=model)
+    return ComposerT5(model=model, generation=generation)

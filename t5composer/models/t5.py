@@ -24,11 +24,18 @@ T5 specifics worth knowing when reading the code:
 
 Attention runs through ``F.scaled_dot_product_attention`` with ``scale=1.0`` and an additive
 ``attn_mask`` = position bias (+ causal mask) (+ padding mask).
+
+Greedy decoding (:meth:`T5ForConditionalGeneration.generate`) runs the encoder once and then the
+decoder one token per step against a :class:`DecoderCache`: per decoder layer, preallocated
+self-attention key/value buffers that each step writes one slot of, and the cross-attention
+keys/values of the encoder output, projected once. Without the cache every step re-runs the
+decoder on the whole prefix (same tokens, far slower).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -38,6 +45,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 __all__ = [
+    'DecoderCache',
+    'KVCache',
     'T5Attention',
     'T5Block',
     'T5ForConditionalGeneration',
@@ -178,6 +187,44 @@ def relative_position_bucket(
     return buckets + torch.where(is_small, distance, log_bucket)
 
 
+@dataclass
+class KVCache:
+    """Keys and values ``[B, H, L, d_kv]`` that one attention layer reuses across decoding steps.
+
+    Two kinds, told apart by ``position``:
+
+    - self-attention (``position`` set): buffers preallocated for the longest decoder input;
+      each step writes its new key/value into slot ``position`` and attends over every slot
+      (the step's bias row masks the slots not written yet);
+    - cross-attention (``position`` None): the encoder output's keys/values, projected once
+      and only read afterwards.
+
+    Attributes:
+        k: keys.
+        v: values.
+        position: ``[1]`` long tensor holding the slot the current step writes; the same tensor
+            is shared by all self-attention layers and advanced by the decoder stack. None for
+            cross-attention.
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+    position: torch.Tensor | None = None
+
+    def write(self, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store one step's key and value ``[B, H, 1, d_kv]`` at ``position``; return the buffers.
+
+        Args:
+            k_new: the new token's keys.
+            v_new: the new token's values.
+        """
+        # index_copy_ with a tensor index keeps every shape static from step to step, so a
+        # compiled step does not recompile for each new position.
+        self.k.index_copy_(2, self.position, k_new.to(self.k.dtype))
+        self.v.index_copy_(2, self.position, v_new.to(self.v.dtype))
+        return self.k, self.v
+
+
 class T5Attention(nn.Module):
     """Multi-head attention without biases or score scaling, optionally owning the position bias.
 
@@ -231,12 +278,21 @@ class T5Attention(nn.Module):
         # [B, L, H*d_kv] -> [B, H, L, d_kv]
         return x.view(x.shape[0], x.shape[1], self.n_heads, self.d_kv).transpose(1, 2)
 
+    def project_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values ``[B, H, L, d_kv]`` of ``x`` ``[B, L, d_model]``.
+
+        Args:
+            x: the tokens to attend to (the encoder output for cross-attention).
+        """
+        return self._heads(self.k(x)), self._heads(self.v(x))
+
     def forward(
         self,
         hidden_states: torch.Tensor,
         *,
         attn_bias: torch.Tensor | None,
         key_value_states: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
     ) -> torch.Tensor:
         """Attend from ``hidden_states`` to itself, or to ``key_value_states`` (cross-attention).
 
@@ -245,15 +301,21 @@ class T5Attention(nn.Module):
             attn_bias: additive bias broadcastable to ``[B, H, Lq, Lk]`` in the compute dtype
                 (position bias and masks), or None.
             key_value_states: encoder output ``[B, Lk, d_model]`` for cross-attention; None for
-                self-attention. (A KV cache would slot in here: project k/v once and reuse.)
+                self-attention.
+            kv_cache: decoding only: a cross-attention cache replaces the projection of
+                ``key_value_states``; a self-attention cache receives this step's key/value and
+                supplies all earlier ones (see :class:`KVCache`).
 
         Returns:
             ``[B, Lq, d_model]``.
         """
-        kv_input = hidden_states if key_value_states is None else key_value_states
         q = self._heads(self.q(hidden_states))
-        k = self._heads(self.k(kv_input))
-        v = self._heads(self.v(kv_input))
+        if kv_cache is not None and kv_cache.position is None:
+            k, v = kv_cache.k, kv_cache.v  # cross-attention: the encoder's k/v, projected once
+        else:
+            k, v = self.project_kv(hidden_states if key_value_states is None else key_value_states)
+            if kv_cache is not None:
+                k, v = kv_cache.write(k, v)  # self-attention step: add this token, see all slots
         out = F.scaled_dot_product_attention(
             q,
             k,
@@ -285,8 +347,8 @@ class T5LayerSelfAttention(nn.Module):
         self.layer_norm = T5LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
         self.dropout = nn.Dropout(config.dropout_rate)
 
-    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
-        return x + self.dropout(self.SelfAttention(self.layer_norm(x), attn_bias=attn_bias))
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None, kv_cache: KVCache | None = None) -> torch.Tensor:
+        return x + self.dropout(self.SelfAttention(self.layer_norm(x), attn_bias=attn_bias, kv_cache=kv_cache))
 
 
 class T5LayerCrossAttention(nn.Module):
@@ -302,8 +364,16 @@ class T5LayerCrossAttention(nn.Module):
         self.layer_norm = T5LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
         self.dropout = nn.Dropout(config.dropout_rate)
 
-    def forward(self, x: torch.Tensor, encoder_hidden_states: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
-        attn = self.EncDecAttention(self.layer_norm(x), attn_bias=attn_bias, key_value_states=encoder_hidden_states)
+    def forward(
+        self,
+        x: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None,
+        attn_bias: torch.Tensor | None,
+        kv_cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        attn = self.EncDecAttention(
+            self.layer_norm(x), attn_bias=attn_bias, key_value_states=encoder_hidden_states, kv_cache=kv_cache,
+        )
         return x + self.dropout(attn)
 
 
@@ -350,10 +420,12 @@ class T5Block(nn.Module):
         self_attn_bias: torch.Tensor | None,
         encoder_hidden_states: torch.Tensor | None = None,
         cross_attn_bias: torch.Tensor | None = None,
+        self_kv: KVCache | None = None,
+        cross_kv: KVCache | None = None,
     ) -> torch.Tensor:
-        hidden_states = self.layer[0](hidden_states, self_attn_bias)
+        hidden_states = self.layer[0](hidden_states, self_attn_bias, self_kv)
         if self.is_decoder:
-            hidden_states = self.layer[1](hidden_states, encoder_hidden_states, cross_attn_bias)
+            hidden_states = self.layer[1](hidden_states, encoder_hidden_states, cross_attn_bias, cross_kv)
         return self.layer[-1](hidden_states)
 
 
@@ -384,6 +456,27 @@ def _padding_to_bias(bias: torch.Tensor | None, mask: torch.Tensor, neg: float) 
 # ---------------------------------------------------------------------------------------------
 # Stacks and the full model
 # ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DecoderCache:
+    """What the decoder keeps between greedy decoding steps (built by :meth:`T5Stack.init_cache`).
+
+    Attributes:
+        self_kv: per decoder layer, self-attention buffers ``[B, H, max_length, d_kv]``.
+        cross_kv: per decoder layer, the encoder output's keys/values ``[B, H, Le, d_kv]``.
+        self_bias: ``[1, H, max_length, max_length]`` position bias + causal mask, computed once
+            for all steps. Step t uses row t: query t against keys 0..t bucketed causally, the
+            unwritten slots after t masked.
+        cross_bias: ``[B, 1, 1, Le]`` encoder padding mask, or None when unpadded.
+        position: ``[1]`` long tensor, the decoder position of the token fed next.
+    """
+
+    self_kv: list[KVCache]
+    cross_kv: list[KVCache]
+    self_bias: torch.Tensor
+    cross_bias: torch.Tensor | None
+    position: torch.Tensor
 
 
 class T5Stack(nn.Module):
@@ -424,12 +517,55 @@ class T5Stack(nn.Module):
             bias = _padding_to_bias(bias, attention_mask, neg)
         return bias.to(dtype)  # cast once here, not in every layer
 
+    def init_cache(
+        self,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None = None,
+        *,
+        max_length: int,
+    ) -> DecoderCache:
+        """An empty decoding cache with the cross-attention keys/values already projected.
+
+        Args:
+            encoder_hidden_states: ``[B, Le, d_model]`` encoder output.
+            encoder_attention_mask: ``[B, Le]`` 1/0 padding mask of the encoder input, or None.
+            max_length: most decoder tokens that will be fed (start token included).
+        """
+        if not self.is_decoder:
+            raise ValueError('init_cache is for the decoder stack.')
+        batch, device = encoder_hidden_states.shape[0], encoder_hidden_states.device
+        dtype = _compute_dtype(encoder_hidden_states)
+        position = torch.zeros(1, dtype=torch.long, device=device)
+        self_kv, cross_kv = [], []
+        for block in self.block:
+            attn = block.layer[0].SelfAttention
+            shape = (batch, attn.n_heads, max_length, attn.d_kv)
+            # Zeros, not empty: masked slots get zero weight, and 0 * garbage could be NaN.
+            self_kv.append(KVCache(
+                torch.zeros(shape, dtype=dtype, device=device),
+                torch.zeros(shape, dtype=dtype, device=device),
+                position,
+            ))
+            cross_kv.append(KVCache(*block.layer[1].EncDecAttention.project_kv(encoder_hidden_states)))
+        cross_bias = None
+        if encoder_attention_mask is not None:
+            cross_bias = _padding_to_bias(None, encoder_attention_mask, torch.finfo(dtype).min).to(dtype)
+        return DecoderCache(
+            self_kv=self_kv,
+            cross_kv=cross_kv,
+            self_bias=self._self_attn_bias(max_length, None, dtype),
+            cross_bias=cross_bias,
+            position=position,
+        )
+
     def forward(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
+        *,
+        cache: DecoderCache | None = None,
     ) -> torch.Tensor:
         """Run the stack.
 
@@ -439,22 +575,35 @@ class T5Stack(nn.Module):
                 (no mask tensor is built at all in that case).
             encoder_hidden_states: ``[B, Le, d_model]`` (decoder only).
             encoder_attention_mask: ``[B, Le]`` padding mask of the encoder input (decoder only).
+            cache: decoder only, one step of incremental decoding: ``input_ids`` is ``[B, 1]``,
+                the token at ``cache.position``; masks and encoder keys/values come from the
+                cache (the mask arguments are ignored), and the position advances by one.
 
         Returns:
             ``[B, L, d_model]`` hidden states after the final norm and dropout.
         """
         hidden = self.dropout(self.embed_tokens(input_ids))
-        dtype = _compute_dtype(hidden)
-        self_bias = self._self_attn_bias(input_ids.shape[1], attention_mask, dtype)
-        cross_bias = None
-        if self.is_decoder and encoder_attention_mask is not None:
-            cross_bias = _padding_to_bias(None, encoder_attention_mask, torch.finfo(dtype).min).to(dtype)
+        if cache is not None:
+            if input_ids.shape[1] != 1:
+                raise ValueError(f'A cached decoding step takes one token per row, got {input_ids.shape[1]}.')
+            self_bias = cache.self_bias.index_select(2, cache.position)  # this query's bias row
+            cross_bias = cache.cross_bias
+        else:
+            dtype = _compute_dtype(hidden)
+            self_bias = self._self_attn_bias(input_ids.shape[1], attention_mask, dtype)
+            cross_bias = None
+            if self.is_decoder and encoder_attention_mask is not None:
+                cross_bias = _padding_to_bias(None, encoder_attention_mask, torch.finfo(dtype).min).to(dtype)
 
-        for block in self.block:
-            if self.gradient_checkpointing and self.training:
+        for i, block in enumerate(self.block):
+            if cache is not None:
+                hidden = block(hidden, self_bias, encoder_hidden_states, cross_bias, cache.self_kv[i], cache.cross_kv[i])
+            elif self.gradient_checkpointing and self.training:
                 hidden = checkpoint(block, hidden, self_bias, encoder_hidden_states, cross_bias, use_reentrant=False)
             else:
                 hidden = block(hidden, self_bias, encoder_hidden_states, cross_bias)
+        if cache is not None:
+            cache.position += 1
         return self.dropout(self.final_layer_norm(hidden))
 
 
@@ -599,6 +748,10 @@ class T5ForConditionalGeneration(nn.Module):
             encoder_hidden_states=encoder_hidden_states,
             encoder_attention_mask=encoder_attention_mask,
         )
+        return self._project(hidden)
+
+    def _project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Decoder output -> vocabulary logits."""
         if self.config.tie_word_embeddings:
             # Original T5 rescales before the tied projection (Mesh TensorFlow convention).
             hidden = hidden * (self.model_dim**-0.5)
@@ -641,3 +794,87 @@ class T5ForConditionalGeneration(nn.Module):
             return logits
         loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
         return T5Output(loss=loss, logits=logits)
+
+    # -- generation ---------------------------------------------------------------------------
+
+    def _special_ids(self) -> tuple[int, int, list[int]]:
+        """(decoder start id, pad id, EOS ids) for generation, as transformers resolves them."""
+        cfg = self.config
+        if cfg.decoder_start_token_id is None:
+            raise ValueError('config.decoder_start_token_id is None; T5 uses the pad id (0).')
+        eos = cfg.eos_token_id
+        eos_ids = [] if eos is None else list(eos) if isinstance(eos, (list, tuple)) else [eos]
+        pad = cfg.pad_token_id
+        if pad is None:
+            if not eos_ids:
+                raise ValueError('config has neither pad_token_id nor eos_token_id to pad finished rows with.')
+            pad = eos_ids[0]  # transformers does the same when a model has no pad id
+        return cfg.decoder_start_token_id, pad, eos_ids
+
+    # no_grad rather than inference_mode: the returned ids stay ordinary tensors that later
+    # autograd code (e.g. a training step on generated targets) may use.
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        max_new_tokens: int = 128,
+        min_new_tokens: int = 0,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
+        """Batched greedy decoding; the same tokens as transformers' ``generate(do_sample=False, num_beams=1)``.
+
+        The encoder runs once. Each step appends the argmax of the last position's logits;
+        a row that has produced EOS gets ``pad_token_id`` from then on, and decoding stops as
+        soon as every row has finished. Dropout stays as the module's mode says: call
+        ``.eval()`` first, as with transformers.
+
+        Args:
+            input_ids: ``[B, Le]`` encoder ids, left or right padded.
+            attention_mask: ``[B, Le]`` 1 for tokens, 0 for padding. When None and
+                ``input_ids`` contain the pad id, the mask is ``input_ids != pad_token_id``, as
+                transformers infers it; otherwise no padding.
+            max_new_tokens: most tokens to generate per row.
+            min_new_tokens: EOS is forbidden until this many tokens are generated (transformers'
+                ``min_new_tokens``); ``min_new_tokens=max_new_tokens`` makes every row generate
+                exactly ``max_new_tokens`` (for benchmarks).
+            use_cache: decode one token per step against a :class:`DecoderCache`; False re-runs
+                the decoder (cross-attention projections included) on the whole prefix every
+                step, the slow path kept for comparison.
+
+        Returns:
+            ``[B, 1 + n]`` long tensor: ``decoder_start_token_id`` then ``n <= max_new_tokens``
+            generated ids (``n < max_new_tokens`` only when every row stopped early).
+        """
+        if max_new_tokens < 1:
+            raise ValueError(f'max_new_tokens must be >= 1, got {max_new_tokens}.')
+        start, pad, eos_list = self._special_ids()
+        device = input_ids.device
+        eos_ids = torch.tensor(eos_list, dtype=torch.long, device=device)
+        batch = input_ids.shape[0]
+        if attention_mask is None and self.config.pad_token_id is not None and pad not in eos_list:
+            is_pad = input_ids == pad
+            if is_pad.any():
+                attention_mask = (~is_pad).long()
+
+        encoder_hidden = self.encode(input_ids, attention_mask)
+        # The last generated token is never fed back, so the decoder sees at most max_new_tokens.
+        cache = self.decoder.init_cache(encoder_hidden, attention_mask, max_length=max_new_tokens) if use_cache else None
+        tokens = torch.full((batch, 1), start, dtype=torch.long, device=device)
+        finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        for step in range(max_new_tokens):
+            if cache is not None:
+                hidden = self.decoder(tokens[:, -1:], encoder_hidden_states=encoder_hidden, cache=cache)
+                logits = self._project(hidden[:, -1])
+            else:
+                logits = self.decode(tokens, encoder_hidden, attention_mask)[:, -1]
+            logits = logits.float()  # transformers takes the argmax of fp32 scores too
+            if step < min_new_tokens and len(eos_list):
+                logits[:, eos_ids] = -float('inf')
+            next_tokens = torch.where(finished, pad, logits.argmax(dim=-1))
+            tokens = torch.cat([tokens, next_tokens[:, None]], dim=1)
+            finished |= torch.isin(next_tokens, eos_ids)
+            if finished.all():  # one host sync per step, as in transformers
+                break
+        return tokens

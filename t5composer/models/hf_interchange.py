@@ -1,0 +1,257 @@
+"""Hugging Face interchange: write our T5 (or a Composer checkpoint of it) as a HF model directory.
+
+Import needs no code of its own: our ``state_dict`` keys are transformers' keys, so
+``build_composer_t5(init='pretrained', pretrained=<hub name, HF directory or weights file>)``
+loads HF weights directly. Export writes what ``transformers.T5ForConditionalGeneration
+.from_pretrained`` expects:
+
+    config.json              the T5Config, architectures ['T5ForConditionalGeneration']
+    generation_config.json   decoder start / EOS / pad ids
+    model.safetensors        weights without the tied copies (encoder/decoder.embed_tokens and a
+                             tied lm_head are views of ``shared``), as save_pretrained writes them
+    spiece.model, tokenizer.json, tokenizer_config.json, special_tokens_map.json  (if a tokenizer is given)
+
+A Composer checkpoint has the weights under ``state['state']['model']`` with ComposerT5's
+``model.`` prefix; the config and tokenizer come from the
+:class:`~t5composer.callbacks.model_metadata.ModelMetadata` callback's entry, or from the
+``config=`` / ``tokenizer=`` overrides for checkpoints written without it.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from torch import nn
+
+__all__ = ['export_composer_checkpoint', 'export_hf', 'hf_state_dict', 'strip_wrapper_prefixes', 'write_hf_dir']
+
+WEIGHTS_NAME = 'model.safetensors'
+
+# Views of `shared` that save_pretrained leaves out; from_pretrained re-ties them.
+_TIED_EMBEDDING_KEYS = ('encoder.embed_tokens.weight', 'decoder.embed_tokens.weight')
+
+# Prefixes the model's keys may carry inside a Composer checkpoint: ComposerT5's attribute, and
+# the wrappers torch.compile / DDP add when a state_dict is taken from the wrapped module.
+_CHECKPOINT_PREFIXES = ('model.', '_orig_mod.', 'module.')
+
+
+def hf_state_dict(state_dict: Mapping[str, torch.Tensor], *, config: transformers.T5Config) -> dict[str, torch.Tensor]:
+    """The tensors of ``model.safetensors``: CPU, contiguous, tied copies removed, keys checked.
+
+    Args:
+        state_dict: our (= transformers') T5 state_dict, all keys or without the tied copies.
+        config: the model config the weights belong to.
+
+    Raises:
+        ValueError: keys or shapes that do not match a T5 of ``config`` (listing them).
+    """
+    from t5composer.models.t5 import T5ForConditionalGeneration
+
+    dropped = set(_TIED_EMBEDDING_KEYS) | ({'lm_head.weight'} if config.tie_word_embeddings else set())
+    with torch.device('meta'):  # shapes only: nothing is allocated or initialised for real
+        expected = {k: v.shape for k, v in T5ForConditionalGeneration(config).state_dict().items() if k not in dropped}
+    tensors = {k: v for k, v in state_dict.items() if k not in dropped}
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(tensors) if tuple(tensors[k].shape) != tuple(expected[k]))
+    if missing or unexpected or wrong:
+        problems = []
+        if missing:
+            problems.append(f'missing {len(missing)} keys, e.g. {missing[:3]}')
+        if unexpected:
+            problems.append(f'{len(unexpected)} unexpected keys, e.g. {unexpected[:3]}')
+        if wrong:
+            k = wrong[0]
+            problems.append(f'{len(wrong)} shapes differ, e.g. {k}: {tuple(tensors[k].shape)} vs config {tuple(expected[k])}')
+        raise ValueError('The weights do not fit the model config: ' + '; '.join(problems) + '.')
+    # safetensors refuses shared or non-contiguous storage; each tensor gets its own CPU copy.
+    return {k: tensors[k].detach().to('cpu').contiguous() for k in expected}
+
+
+def _export_config(config: transformers.T5Config, dtype: torch.dtype) -> transformers.T5Config:
+    cfg = transformers.T5Config.from_dict(config.to_dict())
+    cfg.architectures = ['T5ForConditionalGeneration']
+    cfg.dtype = dtype  # what save_pretrained records (from_pretrained(dtype='auto') reads it)
+    if cfg.decoder_start_token_id is None:
+        # transformers' T5 cannot generate without it; T5 starts decoding with the pad id.
+        cfg.decoder_start_token_id = cfg.pad_token_id
+    return cfg
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    # Write then rename, so a reader never sees half a file.
+    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_hf_dir(
+    *,
+    state_dict: Mapping[str, torch.Tensor],
+    config: transformers.T5Config,
+    out_dir: str | os.PathLike,
+    tokenizer: Any = None,
+) -> Path:
+    """Write a Hugging Face T5 directory from a state_dict and its config.
+
+    Args:
+        state_dict: T5 weights with transformers' keys (tied copies may be present or not).
+        config: the model config.
+        out_dir: directory to write (created; files of the same names are replaced).
+        tokenizer: None, ``{filename: bytes}`` (e.g. from a checkpoint's ModelMetadata), a
+            tokenizer object, a tokenizer directory, or a ``spiece.model`` path.
+
+    Returns:
+        ``out_dir`` as a Path.
+    """
+    from safetensors.torch import save_file
+
+    from t5composer.callbacks.model_metadata import read_tokenizer_files
+
+    tensors = hf_state_dict(state_dict, config=config)
+    out = Path(os.path.expanduser(str(out_dir)))
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = _export_config(config, tensors['shared.weight'].dtype)
+    cfg.save_pretrained(out)
+    transformers.GenerationConfig.from_model_config(cfg).save_pretrained(out)
+    tmp = out / f'.{WEIGHTS_NAME}.tmp{os.getpid()}'
+    save_file(tensors, str(tmp), metadata={'format': 'pt'})  # from_pretrained requires format=pt
+    os.replace(tmp, out / WEIGHTS_NAME)
+    if tokenizer is not None:
+        files = tokenizer if isinstance(tokenizer, Mapping) else read_tokenizer_files(tokenizer)
+        for name, data in files.items():
+            if Path(name).name != name:  # only plain file names: never write outside out_dir
+                raise ValueError(f'Refusing tokenizer file name {name!r}.')
+            _write_bytes(out / name, bytes(data))
+    return out
+
+
+def export_hf(*, model: nn.Module, out_dir: str | os.PathLike, tokenizer: Any = None) -> Path:
+    """Export our T5 as a Hugging Face directory that ``from_pretrained`` loads with identical logits.
+
+    Args:
+        model: a :class:`~t5composer.models.t5.T5ForConditionalGeneration`, or a
+            :class:`~t5composer.models.composer_t5.ComposerT5` wrapping one.
+        out_dir: directory to write (created).
+        tokenizer: None, a tokenizer object, a tokenizer directory / ``spiece.model``, or
+            ``{filename: bytes}``.
+
+    Returns:
+        ``out_dir`` as a Path.
+    """
+    inner = getattr(model, 'model', model)  # ComposerT5 -> T5ForConditionalGeneration
+    config = getattr(inner, 'config', None)
+    if not isinstance(config, transformers.T5Config):
+        raise TypeError(f'export_hf needs a T5ForConditionalGeneration or ComposerT5, got {type(model).__name__}.')
+    return write_hf_dir(state_dict=inner.state_dict(), config=config, out_dir=out_dir, tokenizer=tokenizer)
+
+
+def _model_weights(checkpoint: Any, path: Path) -> dict[str, torch.Tensor]:
+    """``checkpoint['state']['model']`` with the wrapper prefixes removed."""
+    state = checkpoint.get('state') if isinstance(checkpoint, Mapping) else None
+    weights = state.get('model') if isinstance(state, Mapping) else None
+    if not isinstance(weights, Mapping) or not weights:
+        found = sorted(checkpoint)[:10] if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
+        raise ValueError(
+            f"{path} is not a Composer checkpoint: expected a dict with state['model'] (model weights), "
+            f'found {found}. A plain HF weights file can be loaded with '
+            "build_composer_t5(init='pretrained', pretrained=...) instead."
+        )
+    return strip_wrapper_prefixes(weights)
+
+
+def strip_wrapper_prefixes(weights: Mapping[str, Any]) -> dict[str, Any]:
+    """A Composer model state_dict with transformers' T5 keys: ``model.shared.weight`` -> ``shared.weight``.
+
+    Args:
+        weights: ``state['model']`` of a checkpoint, or ``State.get_model_state_dict()``.
+    """
+    out = {}
+    for key, value in weights.items():
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in _CHECKPOINT_PREFIXES:
+                if key.startswith(prefix):
+                    key, stripped = key[len(prefix):], True
+        out[key] = value
+    return out
+
+
+def export_composer_checkpoint(
+    checkpoint_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    config: transformers.T5Config | str | None = None,
+    tokenizer: Any = None,
+) -> Path:
+    """Export a Composer checkpoint of ComposerT5 to a Hugging Face directory.
+
+    The checkpoint is a Python pickle, loaded with ``torch.load(weights_only=False)``, which can
+    run arbitrary code: only export checkpoints you trust.
+
+    Args:
+        checkpoint_path: a Composer ``.pt`` checkpoint (``ep0-ba100-rank0.pt``,
+            ``latest-rank0.pt``), or a save folder holding ``latest-rank0.pt``.
+        out_dir: directory to write (created).
+        config: overrides the checkpoint's model config: a ``T5Config``, or a model name / HF
+            config directory for ``load_model_config``. Needed for checkpoints written without
+            the ModelMetadata callback.
+        tokenizer: overrides the checkpoint's tokenizer files: a tokenizer directory,
+            ``spiece.model`` or tokenizer object. Without it and without metadata, no
+            tokenizer files are written.
+
+    Returns:
+        ``out_dir`` as a Path.
+
+    Raises:
+        FileNotFoundError: the checkpoint does not exist.
+        ValueError: not a Composer checkpoint, or no model config (no metadata and no ``config``).
+    """
+    from t5composer import __version__
+    from t5composer.callbacks.model_metadata import MetadataMissingError, metadata_from_checkpoint
+
+    path = Path(os.path.expanduser(str(checkpoint_path)))
+    if path.is_dir() and (path / 'latest-rank0.pt').exists():
+        path = path / 'latest-rank0.pt'
+    if not path.is_file():
+        raise FileNotFoundError(f'Composer checkpoint {path} does not exist.')
+    try:
+        checkpoint = torch.load(path, map_location='cpu', weights_only=False)
+    except Exception as e:  # noqa: BLE001 - pickle/zip errors come in many types
+        raise ValueError(f'{path} is not a Composer checkpoint (torch.load failed: {type(e).__name__}: {e}).') from e
+    weights = _model_weights(checkpoint, path)
+
+    try:
+        meta_config, tokenizer_files = metadata_from_checkpoint(checkpoint)
+    except MetadataMissingError as e:
+        if config is None:
+            raise ValueError(
+                f'{path} carries no model metadata: {e} It was written without the ModelMetadata callback '
+                '(t5composer.callbacks.model_metadata.ModelMetadata, which t5composer training runs add from '
+                f'version {__version__} on). Supply the model config and tokenizer yourself: '
+                'recipes/export_hf.py --config NAME_OR_DIR --tokenizer DIR, or '
+                'export_composer_checkpoint(..., config=..., tokenizer=...).'
+            ) from None
+        meta_config, tokenizer_files = None, {}
+
+    if config is None:
+        config = meta_config
+    elif not isinstance(config, transformers.T5Config):
+        from t5composer.models.presets import load_model_config
+
+        config = load_model_config(str(config))
+    if tokenizer is None and not tokenizer_files:
+        warnings.warn(f'No tokenizer in {path} and none given (tokenizer=/--tokenizer): {out_dir} gets no tokenizer files.')
+    return write_hf_dir(
+        state_dict=weights,
+        config=config,
+        out_dir=out_dir,
+        tokenizer=tokenizer if tokenizer is not None else (tokenizer_files or None),
+    )
