@@ -27,3 +27,15 @@ def shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f'{path} not present (optional real-data test)')
     return path
+
+
+@pytest.fixture(scope='module')
+def one_thread():
+    """One torch thread for a module of tiny-model tests: they are all small ops, where one
+    thread is faster, and on a busy machine two OpenMP threads stall each other at every op."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

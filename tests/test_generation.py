@@ -13,14 +13,7 @@ VOCAB = 128
 EOS = 1
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    # Tiny models are all small ops: one thread is faster, and on a busy machine two OpenMP
-    # threads stall each other at every op.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def tiny_config(kind: str = 'v1_1', **overrides) -> transformers.T5Config:

@@ -43,14 +43,7 @@ def tiny_config(kind: str = 'v1_1', **overrides) -> transformers.T5Config:
     return transformers.T5Config(**kw)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    # Tiny models are all small ops: one thread is faster, and on a busy machine two OpenMP
-    # threads stall each other at every op.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @pytest.fixture(scope='module')
