@@ -161,7 +161,7 @@ def build_sources(
     examples = [_example_part(i + 1, ex) for i, ex in enumerate(positive_examples[:num_pos_examples])]
     tails = [_input_part(x) for x in task_inputs]
     kept = [0] * len(tails)
-    known_len: dict[int, tuple[str, int]] = {}  # instance -> (last check text, its length)
+    fitted: dict[int, str] = {}  # instance -> the last check text that fitted
     active = list(range(len(tails)))
     for k, example in enumerate(examples):
         if not active:
@@ -175,14 +175,14 @@ def build_sources(
         for j, text, n in zip(active, texts, lengths):
             if n <= max_source_length:
                 kept[j] = k + 1
-                known_len[j] = (text, n)
+                fitted[j] = text
                 still.append(j)
         active = still
 
     sources = [head + ''.join(examples[: kept[j]]) + tails[j] for j in range(len(tails))]
     # A source equal to its last check text (0-2 examples kept) is known to fit; only the rest
     # (no example fitted, or the ' '-joined check differs) is tokenized again.
-    todo = [j for j in range(len(tails)) if known_len.get(j, ('', 0))[0] != sources[j]]
+    todo = [j for j in range(len(tails)) if fitted.get(j) != sources[j]]
     for j, ids in zip(todo, _token_ids(tokenizer, [sources[j] for j in todo])):
         if len(ids) > max_source_length:
             sources[j] = tokenizer.decode(ids[:max_source_length], skip_special_tokens=True)
