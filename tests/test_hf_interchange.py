@@ -15,6 +15,7 @@ from safetensors import safe_open
 from t5composer.callbacks.hf_export import HFExport
 from t5composer.callbacks.model_metadata import MetadataMissingError, ModelMetadata, metadata_from_checkpoint, read_tokenizer_files
 from t5composer.models import ComposerT5, T5ForConditionalGeneration, build_composer_t5, export_composer_checkpoint, export_hf, hf_state_dict
+from test_generation import tiny_config as generation_tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 SP_VOCAB = 60  # SentencePiece pieces; the tokenizer adds 100 sentinels -> 160 ids
@@ -30,17 +31,8 @@ TEXTS = [
 
 
 def tiny_config(kind: str = 'v1_1', **overrides) -> transformers.T5Config:
-    kw = dict(
-        vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, relative_attention_max_distance=16, dropout_rate=0.0,
-        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
-    )
-    if kind == 'v1_1':
-        kw.update(feed_forward_proj='gated-gelu', tie_word_embeddings=False)
-    else:
-        kw.update(feed_forward_proj='relu', tie_word_embeddings=True)
-    kw.update(overrides)
-    return transformers.T5Config(**kw)
+    # The generation tests' tiny config, with room for this module's trained tokenizer.
+    return generation_tiny_config(kind, **{'vocab_size': VOCAB, **overrides})
 
 
 pytestmark = pytest.mark.usefixtures('one_thread')
