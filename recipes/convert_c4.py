@@ -43,15 +43,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     from t5composer.data.c4_convert import convert_c4
 
-    results = convert_c4(
-        source=args.source, out_root=args.out_root, splits=args.splits, tokenizer=args.tokenizer,
-        input_length=args.input_length, noise_density=args.noise_density,
-        mean_noise_span_length=args.mean_noise_span_length, max_docs=args.max_docs,
-        num_workers=args.num_workers, overwrite=args.overwrite,
-        compression=None if args.compression.lower() == 'none' else args.compression,
-        size_limit=args.size_limit, progress=not args.no_progress, subset=args.subset,
-        encoder=args.encoder,
-    )
+    try:
+        results = convert_c4(
+            source=args.source, out_root=args.out_root, splits=args.splits, tokenizer=args.tokenizer,
+            input_length=args.input_length, noise_density=args.noise_density,
+            mean_noise_span_length=args.mean_noise_span_length, max_docs=args.max_docs,
+            num_workers=args.num_workers, overwrite=args.overwrite,
+            compression=None if args.compression.lower() == 'none' else args.compression,
+            size_limit=args.size_limit, progress=not args.no_progress, subset=args.subset,
+            encoder=args.encoder,
+        )
+    except (OSError, ValueError) as e:
+        # Bad inputs (a missing source, an existing split, a tokenizer too large for uint16) are
+        # explained by their message; a traceback would only bury it.
+        print(f'error: {e}', file=sys.stderr)
+        return 2
     for split, m in results.items():
         secs = max(m['seconds'], 1e-9)
         skipped = f"{sum(m['skipped_lines'].values()):,} skipped"

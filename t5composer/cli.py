@@ -28,8 +28,73 @@ def limit_cpu_threads() -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
 
 
-def train_main(argv: Sequence[str]) -> int:
-    """``recipes/train.py``: load the YAML, build the trainer, evaluate first if asked, train."""
+class _ScrubSecrets(logging.Filter):
+    """Replace secret values (from the environment and the config's secret keys) in log records."""
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        super().__init__()
+        self.secrets = list(secrets)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from t5composer.config.loading import scrub
+
+        message = record.getMessage()
+        clean = scrub(message, self.secrets)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+def _config_secrets(obj: object) -> list[str]:
+    from t5composer.config.loading import _is_secret
+
+    found: list[str] = []
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if _is_secret(key) and isinstance(value, str) and len(value) >= 4:
+                found.append(value)
+            else:
+                found += _config_secrets(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            found += _config_secrets(value)
+    return found
+
+
+def setup_logging(cfg: object) -> list[str]:
+    """Log warnings to stderr with secrets scrubbed; return the secret values being scrubbed."""
+    from t5composer.config.loading import secret_values
+
+    logging.basicConfig(format='%(asctime)s %(levelname)s %(name)s: %(message)s', level=logging.WARNING)
+    secrets = sorted(set(secret_values()) | set(_config_secrets(dataclasses.asdict(cfg))), key=len, reverse=True)  # type: ignore[arg-type]
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _ScrubSecrets) for f in handler.filters):
+            handler.addFilter(_ScrubSecrets(secrets))
+    python_log_level = getattr(cfg, 'python_log_level', None)
+    if python_log_level:
+        logging.getLogger('t5composer').setLevel(python_log_level.upper())
+    return secrets
+
+
+def _env_secrets() -> list[str]:
+    from t5composer.config.loading import secret_values
+
+    return secret_values()
+
+
+def _print_error(message: object, secrets: Sequence[str] = ()) -> None:
+    from t5composer.config.loading import scrub
+
+    print(f'error: {scrub(str(message), secrets)}', file=sys.stderr, flush=True)
+
+
+def train_main(argv: Sequence[str], *, extra_callbacks: tuple = ()) -> int:
+    """``recipes/train.py``: load the YAML, build the trainer, evaluate first if asked, train.
+
+    Args:
+        argv: the recipe YAML, then ``key=value`` overrides.
+        extra_callbacks: Composer callbacks to add to the recipe's (tests use this to inject faults).
+    """
     if not argv or argv[0] in ('-h', '--help'):
         print(USAGE)
         return 0 if argv else 2
@@ -39,12 +104,10 @@ def train_main(argv: Sequence[str]) -> int:
     try:
         cfg = load_config(yaml_path, overrides)
     except ConfigError as e:
-        print(f'error: {e}', file=sys.stderr)
+        _print_error(e, _env_secrets())
         return 2
     limit_cpu_threads()
-    logging.basicConfig(format='%(asctime)s %(levelname)s %(name)s: %(message)s', level=logging.WARNING)
-    if cfg.python_log_level:
-        logging.getLogger('t5composer').setLevel(cfg.python_log_level.upper())
+    secrets = setup_logging(cfg)
 
     from omegaconf import OmegaConf
 
@@ -53,10 +116,10 @@ def train_main(argv: Sequence[str]) -> int:
     try:
         preflight(cfg)  # seconds, before the heavy imports: no data, bf16 on CPU, batch sizes
         if int(os.environ.get('RANK', '0')) == 0:
-            print(OmegaConf.to_yaml(redact(dataclasses.asdict(cfg))), flush=True)
-        trainer = build_trainer(cfg)
+            print(OmegaConf.to_yaml(redact(dataclasses.asdict(cfg), secrets)), flush=True)
+        trainer = build_trainer(cfg, extra_callbacks=extra_callbacks)
     except ConfigError as e:
-        print(f'error: {e}', file=sys.stderr)
+        _print_error(e, secrets)
         return 2
     state = trainer.state
     assert state.max_duration is not None
@@ -71,7 +134,14 @@ def train_main(argv: Sequence[str]) -> int:
         return 0
     if cfg.eval_first and int(state.timestamp.batch) == 0:
         trainer.eval()
-    trainer.fit()
+    from t5composer.callbacks.nonfinite_guard import NonFiniteError
+
+    try:
+        trainer.fit()
+    except NonFiniteError as e:
+        _print_error(e, secrets)
+        trainer.close()
+        return 3
     trainer.close()
     return 0
 
@@ -100,10 +170,10 @@ def evaluate_main(argv: Sequence[str]) -> int:
         if cfg.load_path is None and cfg.model.init != 'hf':
             raise ConfigError(['Nothing to evaluate: set load_path=<Composer checkpoint>, or model.init=hf model.name=<HF model>.'])
     except ConfigError as e:
-        print(f'error: {e}', file=sys.stderr)
+        _print_error(e, _env_secrets())
         return 2
     limit_cpu_threads()
-    logging.basicConfig(format='%(asctime)s %(levelname)s %(name)s: %(message)s', level=logging.WARNING)
+    secrets = setup_logging(cfg)
 
     from t5composer.training import build_trainer
 
@@ -111,7 +181,7 @@ def evaluate_main(argv: Sequence[str]) -> int:
     try:
         trainer = build_trainer(cfg, train=False, predictions_folder=folder)
     except ConfigError as e:
-        print(f'error: {e}', file=sys.stderr)
+        _print_error(e, secrets)
         return 2
     trainer.eval()
     if int(os.environ.get('RANK', '0')) == 0:

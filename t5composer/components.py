@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 from t5composer.config.validation import ConfigError, check_keys, closest
 from t5composer.registry import builder_options
 
-__all__ = ['ALGORITHMS', 'CALLBACKS', 'LOGGERS', 'register', 'build_components', 'check_component_kwargs']
+__all__ = ['ALGORITHMS', 'CALLBACKS', 'LOGGERS', 'register', 'build_components', 'check_component_kwargs', 'component_problems']
 
 
 def _lazy(path: str) -> Callable[[], type]:
@@ -36,6 +36,7 @@ CALLBACKS: dict[str, Callable[[], type]] = {
     'optimizer_monitor': _lazy('composer.callbacks.OptimizerMonitor'),
     'runtime_estimator': _lazy('composer.callbacks.RuntimeEstimator'),
     'nan_monitor': _lazy('composer.callbacks.NaNMonitor'),
+    'resource_monitor': _lazy('t5composer.callbacks.resource_monitor.ResourceMonitor'),
 }
 
 LOGGERS: dict[str, Callable[[], type]] = {
@@ -65,8 +66,7 @@ def check_component_kwargs(cls: type, kwargs: dict[str, Any], where: str) -> lis
     return [] if open_ended else check_keys(kwargs, names, where)
 
 
-def build_components(kind: str, section: dict[str, Optional[dict[str, Any]]]) -> list[Any]:
-    """Instantiate every entry of a YAML section (``algorithms``, ``callbacks`` or ``loggers``)."""
+def _resolve(kind: str, section: dict[str, Optional[dict[str, Any]]], *, load: bool) -> tuple[list[str], list[tuple[str, type, dict]]]:
     registry = _KINDS[kind]
     problems: list[str] = []
     resolved = []
@@ -75,6 +75,8 @@ def build_components(kind: str, section: dict[str, Optional[dict[str, Any]]]) ->
         if name not in registry:
             problems.append(f"Unknown {kind[:-1]} '{name}' in '{kind}'.{closest(name, registry)} Registered: {', '.join(sorted(registry))}.")
             continue
+        if not load:
+            continue
         try:
             cls = registry[name]()
         except ImportError as e:
@@ -82,6 +84,24 @@ def build_components(kind: str, section: dict[str, Optional[dict[str, Any]]]) ->
             continue
         problems += check_component_kwargs(cls, kwargs, f'{kind}.{name}.')
         resolved.append((name, cls, kwargs))
+    return problems, resolved
+
+
+def component_problems(kind: str, section: dict[str, Optional[dict[str, Any]]], *, load: bool = True) -> list[str]:
+    """Problems with a YAML section, without building anything.
+
+    Args:
+        kind: ``algorithms``, ``callbacks`` or ``loggers``.
+        section: the section's mapping of name -> options.
+        load: also import each class (Composer: seconds) to check its options and packages;
+            False checks the names only.
+    """
+    return _resolve(kind, section, load=load)[0]
+
+
+def build_components(kind: str, section: dict[str, Optional[dict[str, Any]]]) -> list[Any]:
+    """Instantiate every entry of a YAML section (``algorithms``, ``callbacks`` or ``loggers``)."""
+    problems, resolved = _resolve(kind, section, load=True)
     if problems:
         raise ConfigError(problems)
     out = []

@@ -49,24 +49,53 @@ def _hf_split_name(split: str) -> str:
 
 
 def _missing_splits(cfg: TrainConfig, train: bool = True) -> list[str]:
-    """Problems for local splits that were never converted (remote ones are checked by streaming)."""
-    from t5composer.data.locations import is_remote, split_location
+    """Problems for splits that were never converted, are empty, or whose remote cannot be reached."""
+    import json
+
+    from t5composer.data.locations import is_remote, remote_split_problems, split_location
 
     d = cfg.data
     if isinstance(d, SNIDataConfig):
         return _missing_sni(d)
-    if d.builtin_corpus is not None or is_remote(d.remote):
+    if d.builtin_corpus is not None:
         return []
-    root = d.remote or d.local
     splits = [s for s in (d.train_split if train else None, d.eval_split) if s]
+    if is_remote(d.remote):
+        # A split already in the local cache trains without the store; don't demand the network.
+        cached = [s for s in splits if d.local is not None and os.path.isfile(os.path.join(split_location(d.local, s), 'index.json'))]
+        return remote_split_problems(d.remote, splits, timeout=min(d.download_timeout, 30.0), cached=cached)
+    root = d.remote or d.local
     missing = [s for s in splits if not os.path.isfile(os.path.join(split_location(root, s), 'index.json'))]
-    if not missing:
-        return []
-    return [
-        f"No converted data for split(s) {', '.join(missing)} under '{root}'. Convert C4 first with:\n"
-        f'    {convert_command(cfg, [_hf_split_name(s) for s in missing])}\n'
-        f"  or point 'data.local' at a directory that holds the converted splits.",
-    ]
+    problems = []
+    if missing:
+        problems.append(
+            f"No converted data for split(s) {', '.join(missing)} under '{root}'. Convert C4 first with:\n"
+            f'    {convert_command(cfg, [_hf_split_name(s) for s in missing])}\n'
+            f"  or point 'data.local' at a directory that holds the converted splits.",
+        )
+    for s in splits:
+        if s in missing:
+            continue
+        index = os.path.join(split_location(root, s), 'index.json')
+        remake = f"{convert_command(cfg, [_hf_split_name(s)])} --overwrite"
+        try:
+            with open(index, encoding='utf-8') as f:
+                samples = sum(int(shard['samples']) for shard in json.load(f)['shards'])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            problems.append(f"{index} is unreadable or not an MDS index ({type(e).__name__}: {e}). Reconvert the split:\n    {remake}")
+            continue
+        if samples == 0:
+            problems.append(
+                f"Split '{s}' under '{root}' holds no samples ({index} lists none): its documents were shorter than one "
+                f"row, or the conversion found no usable document. Reconvert it from more documents:\n    {remake}",
+            )
+        elif s == d.train_split and train and samples < cfg.global_train_batch_size:
+            problems.append(
+                f"Split '{s}' under '{root}' holds {samples} samples, fewer than one global batch (global_train_batch_size "
+                f"{cfg.global_train_batch_size}), so no training step could run. Convert more documents (a larger --max_docs) "
+                f'or lower global_train_batch_size to at most {samples}.',
+            )
+    return problems
 
 
 def _missing_sni(d: SNIDataConfig) -> list[str]:
@@ -75,6 +104,12 @@ def _missing_sni(d: SNIDataConfig) -> list[str]:
     lists = [os.path.join(d.root, 'splits', d.split_name, f'{s}_tasks.txt') for s in ('train', 'test')]
     if os.path.isdir(os.path.join(d.root, 'tasks')) and all(os.path.isfile(p) for p in lists):
         return []
+    splits_dir = os.path.join(d.root, 'splits')
+    found = sorted(n for n in os.listdir(splits_dir) if os.path.isdir(os.path.join(splits_dir, n))) if os.path.isdir(splits_dir) else []
+    if os.path.isdir(os.path.join(d.root, 'tasks')) and found and d.split_name not in found:
+        # A checkout, but another split name: say which ones exist rather than "not a checkout".
+        return [f"data.split_name '{d.split_name}' is not a split of {d.root}: there is no splits/{d.split_name}/. "
+                f"Set data.split_name to one of {', '.join(found)}."]
     return [
         f"data.root '{d.root}' is not a natural-instructions checkout: it needs tasks/<task>.json and "
         f"splits/{d.split_name}/train_tasks.txt and test_tasks.txt. Clone allenai/natural-instructions there, "
@@ -86,19 +121,57 @@ def preflight(cfg: TrainConfig, *, train: bool = True) -> None:
     """Checks that need no model and no data loading; raise :class:`ConfigError` listing all problems.
 
     Runs before anything heavy is imported or built, so a first-contact mistake (no converted
-    data, bf16 on a CPU machine, batch sizes that don't divide) is reported within seconds.
+    data, bf16 on a CPU machine, batch sizes that don't divide, a misspelt optimizer or callback,
+    a path that does not exist, an unreachable data.remote) is reported within seconds.
     """
+    from t5composer.components import component_problems
+    from t5composer.optim.registry import optimizer_problems
+    from t5composer.tokenization import _looks_like_path
+
     on_gpu = torch.cuda.is_available()
     problems = []
     if not on_gpu and cfg.precision != 'fp32':
-        problems.append(f"precision '{cfg.precision}' is not supported on CPU; set precision=fp32 (bf16 needs a GPU).")
-    problems += _batch_size_problems(cfg, int(os.environ.get('WORLD_SIZE', '1')), on_gpu)
+        problems.append(f"precision '{cfg.precision}' is not supported on CPU; set precision=fp32 (mixed precision needs a GPU).")
+    world = os.environ.get('WORLD_SIZE', '1')
+    if world.isdigit() and int(world) > 0:
+        problems += _batch_size_problems(cfg, int(world), on_gpu)
+    else:
+        problems.append(f"The WORLD_SIZE environment variable is {world!r}, not a positive integer; unset it, or launch with composer -n N.")
     problems += _missing_splits(cfg, train)
-    if cfg.model.init == 'checkpoint' and cfg.load_path and '://' not in cfg.load_path and not os.path.isfile(cfg.load_path):
-        problems.append(
-            f"load_path '{cfg.load_path}' does not exist. Train the checkpoint first (for the demo: composer recipes/train.py "
-            "yamls/demo.yaml) or point load_path at a Composer checkpoint (e.g. runs/pt_base/latest-rank0.pt).",
-        )
+    tok = cfg.tokenizer.name
+    if tok is not None and _looks_like_path(tok) and not os.path.exists(os.path.expanduser(tok)):
+        problems.append(f"tokenizer.name '{tok}' does not exist. Set tokenizer.name to a hub name (e.g. google/t5-v1_1-base), "
+                        'a directory with tokenizer files, or the path of a spiece.model.')
+    model_path = os.path.expanduser(cfg.model.name)
+    if cfg.model.init != 'checkpoint' and (cfg.model.name.startswith(('/', '.', '~')) or cfg.model.name.count('/') > 1):
+        if not os.path.exists(model_path) or (os.path.isdir(model_path) and not os.path.isfile(os.path.join(model_path, 'config.json'))):
+            what = 'does not exist' if not os.path.exists(model_path) else 'has no config.json'
+            problems.append(f"model.name '{cfg.model.name}' {what}. Set model.name to a built-in config (google/t5-v1_1-small, -base, "
+                            '-large, -xl, -xxl), a Hugging Face model directory with config.json, or a hub name.')
+    load_path = cfg.load_path
+    if load_path and '://' not in load_path and '{' not in load_path:  # '{rank}'-style names are formatted by Composer
+        if cfg.model.init == 'checkpoint' and not os.path.isfile(load_path):
+            problems.append(
+                f"load_path '{load_path}' does not exist. Train the checkpoint first (for the demo: composer recipes/train.py "
+                "yamls/demo.yaml) or point load_path at a Composer checkpoint (e.g. runs/pt_base/latest-rank0.pt).",
+            )
+        elif not cfg.autoresume and not os.path.exists(load_path):
+            # With autoresume, a checkpoint in save_folder takes precedence; build_trainer checks load_path then.
+            problems.append(f"load_path '{load_path}' does not exist. Point load_path at a Composer checkpoint "
+                            "(e.g. runs/pt_base/latest-rank0.pt), or remove it (~load_path) to start from scratch.")
+    o = cfg.optimizer
+    problems += optimizer_problems(o.name, lr=o.lr, weight_decay=o.weight_decay, kwargs=o.kwargs)
+    sections = {kind: getattr(cfg, kind) for kind in ('algorithms', 'callbacks', 'loggers')}
+    for kind, section in sections.items():
+        problems += component_problems(kind, section, load=False)
+    if not problems:
+        # The schedules and component classes need Composer (~3 s to import); a config that
+        # already fails says so without waiting for it.
+        from t5composer.optim.schedulers import scheduler_problems
+
+        problems += scheduler_problems(cfg.scheduler.name, base_lr=o.lr, kwargs=cfg.scheduler.kwargs)
+        for kind, section in sections.items():
+            problems += component_problems(kind, section, load=True)
     if problems:
         raise ConfigError(problems)
 
@@ -203,8 +276,11 @@ def _load_tokenizer(name: str) -> Any:
 
     try:
         return load_tokenizer(name)
-    except (OSError, ValueError) as e:
-        raise ConfigError([f"tokenizer.name '{name}': {e}"]) from e
+    except (OSError, ValueError, TypeError) as e:
+        raise ConfigError([
+            f"tokenizer.name '{name}': {e} Set tokenizer.name to a hub name (e.g. google/t5-v1_1-base), a directory "
+            'with tokenizer files, or the path of a spiece.model.',
+        ]) from e
 
 
 def _checkpoint_metadata(cfg: TrainConfig) -> tuple[Any, Optional[str]]:
@@ -247,14 +323,25 @@ def _materialise_tokenizer(files: dict[str, bytes]) -> str:
     return out
 
 
-def _model_config(cfg: TrainConfig, tokenizer: Any) -> Any:
+def _load_model_config(cfg: TrainConfig, overrides: dict) -> Any:
     from t5composer.models import load_model_config
 
+    try:
+        return load_model_config(cfg.model.name, **overrides)
+    except (OSError, ValueError) as e:
+        raise ConfigError([
+            f"model.name '{cfg.model.name}' is not a built-in config (google/t5-v1_1-small, -base, -large, -xl, -xxl), a local "
+            f'directory with config.json, or a model the hub could provide ({type(e).__name__}: {e}). Check the spelling, '
+            'or download the model and point model.name at its directory.',
+        ]) from e
+
+
+def _model_config(cfg: TrainConfig, tokenizer: Any) -> Any:
     overrides = cfg.model.config_overrides()
     vocab = _model_vocab_size(cfg, len(tokenizer))
     if vocab is not None:
         overrides['vocab_size'] = vocab
-    model_config = load_model_config(cfg.model.name, **overrides)
+    model_config = _load_model_config(cfg, overrides)
     if model_config.vocab_size < len(tokenizer):
         raise ConfigError([
             f"The model config '{cfg.model.name}' has vocab_size {model_config.vocab_size} but the tokenizer has "
@@ -375,10 +462,10 @@ def build_trainer(
     from composer.algorithms import GradientClipping
     from composer.devices import DeviceCPU, DeviceGPU
     from composer.utils import dist, reproducibility
-    from streaming.base.util import clean_stale_shared_memory
 
     from t5composer.callbacks.model_metadata import ModelMetadata
     from t5composer.components import build_components
+    from t5composer.data.shared_memory import clean_stale_streaming_state, remove_lock_files_at_exit
     from t5composer.models import build_composer_t5
     from t5composer.optim import build_optimizer, build_scheduler
 
@@ -392,6 +479,7 @@ def build_trainer(
     batches = _batch_sizes(cfg, dist.get_world_size())
     fine_tuning = isinstance(cfg.data, SNIDataConfig)
 
+    resume_path = _prepare_checkpoints(cfg) if train else None
     # Where the architecture and tokenizer come from: the config, or the checkpoint we start from.
     checkpoint_config, checkpoint_tokenizer = _checkpoint_metadata(cfg) if cfg.model.init == 'checkpoint' else (None, None)
     plan = None if fine_tuning else plan_data(cfg)  # the builtin corpus is built by one process; others wait
@@ -403,8 +491,12 @@ def build_trainer(
     if on_gpu and cfg.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    # Streaming datasets of a killed run leave shared memory behind; clear it before ours.
-    clean_stale_shared_memory()
+    # Streaming datasets of a killed run leave shared memory and lock files behind; clear what no
+    # running process uses before ours are made, and our lock files when this process exits.
+    if dist.get_local_rank() == 0:
+        clean_stale_streaming_state()
+    dist.barrier()
+    remove_lock_files_at_exit()
     reproducibility.seed_all(cfg.seed)
 
     if checkpoint_config is not None:
@@ -412,9 +504,7 @@ def build_trainer(
         if cfg.model.dropout_rate is not None:
             model_config.dropout_rate = cfg.model.dropout_rate
     elif cfg.model.init == 'hf':
-        from t5composer.models import load_model_config
-
-        model_config = load_model_config(cfg.model.name, **cfg.model.config_overrides())
+        model_config = _load_model_config(cfg, cfg.model.config_overrides())
     else:
         model_config = _model_config(cfg, tokenizer)
     if model_config.vocab_size < len(tokenizer):
@@ -426,14 +516,20 @@ def build_trainer(
         assert plan is not None
         parts, generation = _pretraining_parts(cfg, plan, tokenizer, model_config, batches, train), None
 
-    model = build_composer_t5(
-        config=model_config,
-        init='pretrained' if cfg.model.init == 'hf' else 'random',
-        pretrained=cfg.model.name if cfg.model.init == 'hf' else None,
-        lm_head_init_std=cfg.model.lm_head_init_std,
-        gradient_checkpointing=cfg.model.gradient_checkpointing,
-        generation=generation,
-    )
+    try:
+        model = build_composer_t5(
+            config=model_config,
+            init='pretrained' if cfg.model.init == 'hf' else 'random',
+            pretrained=cfg.model.name if cfg.model.init == 'hf' else None,
+            lm_head_init_std=cfg.model.lm_head_init_std,
+            gradient_checkpointing=cfg.model.gradient_checkpointing,
+            generation=generation,
+            revision=cfg.model.revision,
+        )
+    except ValueError as e:  # weights that are not safetensors, or none at all
+        raise ConfigError([f'model.name: {e}']) from e
+
+    _check_checkpoint_shapes(resume_path or cfg.load_path, model, cfg)
 
     optimizer = build_optimizer(model, name=cfg.optimizer.name, lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay, **cfg.optimizer.kwargs)
     scheduler = build_scheduler(cfg.scheduler.name, base_lr=cfg.optimizer.lr, **cfg.scheduler.kwargs)
@@ -442,11 +538,21 @@ def build_trainer(
     callbacks = build_components('callbacks', cfg.callbacks) + list(extra_callbacks)
     # Checkpoints carry the model config and tokenizer, so exports and fine-tuning need nothing else.
     callbacks.append(ModelMetadata(config=model_config, tokenizer_dir=tokenizer))
+    if train:
+        from t5composer.callbacks.nonfinite_guard import NonFiniteGuard
+
+        callbacks.append(NonFiniteGuard(action=cfg.nonfinite.action, max_skips=cfg.nonfinite.max_skips,
+                                        check_gradients=cfg.precision != 'amp_fp16'))
     if fine_tuning and cfg.data.eval:
         from t5composer.callbacks.predictions import PredictionWriter
 
         callbacks.append(PredictionWriter(folder=predictions_folder or cfg.save_folder))
     loggers = build_components('loggers', cfg.loggers) + list(extra_loggers)
+    folder = _save_folder(cfg)
+    if train and folder is not None:
+        from t5composer.loggers import MetricsJSONL
+
+        loggers.append(MetricsJSONL(path=os.path.join(folder, 'metrics.jsonl')))  # always: plots and post-mortems
     if not any(isinstance(a, GradientClipping) for a in algorithms):
         log.info('No gradient clipping configured (algorithms.gradient_clipping).')
 
@@ -483,6 +589,101 @@ def build_trainer(
         dist_timeout=cfg.dist_timeout,
         compile_config={} if cfg.compile else None,
     )
+
+
+def _save_folder(cfg: TrainConfig) -> Optional[str]:
+    from composer.utils import format_name_with_dist
+    from t5composer.data.locations import is_remote
+
+    if cfg.save_folder is None or is_remote(cfg.save_folder):
+        return None
+    return format_name_with_dist(cfg.save_folder, cfg.run_name or '')
+
+
+def _prepare_checkpoints(cfg: TrainConfig) -> Optional[str]:
+    """Make saves atomic, repair the save folder after a kill, and check ``load_path``.
+
+    Returns the checkpoint autoresume will load (None when the run starts fresh). Global rank 0
+    repairs the folder while the other ranks wait, so all of them then see the same latest link.
+    """
+    from composer.utils import dist
+
+    from t5composer.checkpoints import checkpoint_problem, install_atomic_writes, recover_checkpoints
+
+    install_atomic_writes()
+    folder = _save_folder(cfg)
+    resume_path = None
+    if cfg.autoresume and folder is not None:
+        error: list[Optional[str]] = [None]
+        if dist.get_global_rank() == 0:
+            try:
+                resume_path = recover_checkpoints(folder).resume_from
+            except ConfigError as e:
+                error[0] = str(e)
+        dist.broadcast_object_list(error, src=0)  # every rank stops together, none waits forever
+        if error[0] is not None:
+            raise ConfigError([error[0]])
+        if dist.get_global_rank() != 0:
+            link = os.path.join(folder, 'latest-rank0.pt')
+            resume_path = link if os.path.exists(link) else None
+    if resume_path is not None and dist.get_global_rank() == 0:
+        _report_world_size_change(resume_path, cfg)
+    if resume_path is None and cfg.load_path and '://' not in cfg.load_path:
+        if not os.path.exists(cfg.load_path):
+            raise ConfigError([
+                f"load_path '{cfg.load_path}' does not exist" + (f" (and '{folder}' holds no checkpoint to resume from)" if folder else '')
+                + '. Point load_path '
+                'at a Composer checkpoint (e.g. runs/pt_base/latest-rank0.pt; the demo makes one with composer recipes/train.py '
+                'yamls/demo.yaml), or remove it to start from scratch.',
+            ])
+        problem = checkpoint_problem(cfg.load_path)
+        if problem is not None:
+            raise ConfigError([f"load_path '{cfg.load_path}' cannot be loaded: {problem}." + _older_checkpoints_hint(cfg.load_path)])
+    return resume_path
+
+
+def _report_world_size_change(path: str, cfg: TrainConfig) -> None:
+    """Say so when a run resumes on another number of processes (it continues with the same global batch)."""
+    from composer.utils import dist
+
+    saved = torch.load(path, map_location='cpu', weights_only=False, mmap=True).get('rng')
+    now = dist.get_world_size()
+    if isinstance(saved, list) and saved and len(saved) != now:
+        log.warning(
+            'Resuming %s, whose checkpoints were saved by %d process(es), on %d: the global batch stays %d (%d per process), '
+            'the data continues at the same global sample in the same order, and the results match an uninterrupted run '
+            'up to the summation order of the gradient all-reduce. Random states of ranks that did not exist are re-seeded.',
+            path, len(saved), now, cfg.global_train_batch_size, cfg.global_train_batch_size // now,
+        )
+
+
+def _older_checkpoints_hint(path: str) -> str:
+    """Point at the intact checkpoints beside a bad one, newest first, as a ready override."""
+    from t5composer.checkpoints import _checkpoints_by_batch, checkpoint_problem
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return ''
+    for other in _checkpoints_by_batch(folder):
+        if os.path.abspath(other) != os.path.abspath(path) and checkpoint_problem(other) is None:
+            return f' The newest intact checkpoint beside it is {other}: resume from it with load_path={other}.'
+    return ' No intact checkpoint is beside it.'
+
+
+def _check_checkpoint_shapes(path: Optional[str], model: Any, cfg: TrainConfig) -> None:
+    """A checkpoint from another model shape gets the list of mismatched keys, not a load traceback."""
+    if path is None or '://' in path or not os.path.isfile(path) or not cfg.load_strict_model_weights:
+        return
+    from t5composer.checkpoints import model_shape_problems
+
+    problems = model_shape_problems(path, model.state_dict())
+    if problems:
+        raise ConfigError([
+            f"The checkpoint {path} holds a model of a different shape than this config builds "
+            f"({len(problems)} mismatched key(s)):\n    " + '\n    '.join(problems[:12])
+            + (f'\n    ... and {len(problems) - 12} more' if len(problems) > 12 else '')
+            + '\n  Use the model settings the checkpoint was trained with, or start a new run (another run_name / save_folder).',
+        ])
 
 
 def config_summary(cfg: TrainConfig) -> dict[str, Any]:

@@ -248,6 +248,33 @@ def test_failure_leaves_no_temp_dir(tmp_path, c4_dir, tok_dir, monkeypatch):
     assert (out / 'val' / 'index.json').read_bytes() == before
 
 
+def test_full_disk_mid_split_leaves_no_split_and_killed_leftovers_are_removed(tmp_path, c4_dir, tok_dir, monkeypatch):
+    import errno
+
+    from streaming import MDSWriter
+
+    out = tmp_path / 'full'
+    real, calls = MDSWriter.write, []
+
+    def disk_full(self, sample):
+        calls.append(1)
+        if len(calls) == 5:
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        return real(self, sample)
+
+    monkeypatch.setattr(MDSWriter, 'write', disk_full)
+    with pytest.raises(OSError, match='No space left'):
+        convert_c4(source=str(c4_dir[0]), out_root=out, splits=['val'], tokenizer=str(tok_dir), input_length=64, progress=False)
+    assert list(out.iterdir()) == []  # no split, no temporary folder
+    monkeypatch.setattr(MDSWriter, 'write', real)
+
+    # A conversion killed mid-way leaves its temporary folder; the next one removes it.
+    dead = out / '.val.tmp-999999999'
+    (dead / 'shard').mkdir(parents=True)
+    convert_c4(source=str(c4_dir[0]), out_root=out, splits=['val'], tokenizer=str(tok_dir), input_length=64, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ['val']
+
+
 def test_vocab_larger_than_uint16_refused(tmp_path, c4_dir, monkeypatch):
     class Huge:
         def __len__(self):

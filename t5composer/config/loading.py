@@ -7,18 +7,20 @@ and omegaconf's own resolvers (``${oc.env:VAR,default}``) work as usual.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationKeyError, OmegaConfBaseException
 
 from t5composer.config.schema import DataConfig, TrainConfig
-from t5composer.config.validation import ConfigError, from_dict
+from t5composer.config.validation import ConfigError, closest, from_dict
 
-__all__ = ['cache_dir', 'load_config', 'config_from_dict', 'value_problems', 'redact']
+__all__ = ['cache_dir', 'load_config', 'config_from_dict', 'value_problems', 'redact', 'scrub', 'secret_values']
 
 
 def cache_dir() -> str:
@@ -31,17 +33,46 @@ if not OmegaConf.has_resolver('cache_dir'):
     getattr(OmegaConf, 'register_resolver', OmegaConf.register_new_resolver)('cache_dir', cache_dir)
 
 
+def _yaml_problem(e: Exception, what: str, *, position: bool = True) -> str:
+    # PyYAML's own message is a multi-line traceback-like text; keep the problem and its position.
+    mark = getattr(e, 'problem_mark', None)
+    at = f' at line {mark.line + 1}, column {mark.column + 1}' if mark is not None and position else ''
+    problem = getattr(e, 'problem', None) or str(e).strip().splitlines()[0]
+    return f"{what} is not valid YAML{at}: {problem}."
+
+
+def _load_yaml_file(yaml_path: str) -> Any:
+    path = Path(yaml_path)
+    if path.is_dir():
+        raise ConfigError([f"Config file '{yaml_path}' is a directory; pass a YAML file, e.g. yamls/demo.yaml."])
+    if not path.is_file():
+        raise ConfigError([f"Config file '{yaml_path}' does not exist. Pass a YAML from yamls/, e.g. yamls/demo.yaml."])
+    try:
+        loaded = OmegaConf.load(yaml_path)
+    except yaml.YAMLError as e:
+        raise ConfigError([
+            _yaml_problem(e, f"Config file '{yaml_path}'")
+            + " Fix the syntax there: indent with spaces (not tabs), close every bracket and quote, and quote values that contain ': ' or ' #'.",
+        ]) from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"Config file '{yaml_path}' cannot be read ({e}); check its permissions and that it is a UTF-8 text file."]) from e
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError([
+            f"Config file '{yaml_path}' must hold a mapping of keys at the top level (lines like 'max_duration: 1000ba'), "
+            f'got a {type(loaded).__name__.replace("Config", "").lower()}; see yamls/demo.yaml for the layout.',
+        ])
+    return loaded
+
+
 def _resolve(yaml_path: str | None, overrides: Sequence[str] = (), base: dict | None = None) -> dict:
     try:
         cfg = OmegaConf.create(base or {})
         if yaml_path is not None:
-            if not Path(yaml_path).is_file():
-                raise ConfigError([f"Config file '{yaml_path}' does not exist. Pass a YAML from yamls/, e.g. yamls/demo.yaml."])
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(yaml_path))
+            cfg = OmegaConf.merge(cfg, _load_yaml_file(yaml_path))
         removals = [item[1:] for item in overrides if item.startswith('~')]
         assignments = [item for item in overrides if not item.startswith('~')]
         for item in assignments:
-            if '=' not in item:
+            if '=' not in item or not item.split('=', 1)[0].strip():
                 raise ConfigError([f"Override '{item}' must look like key=value (for example optimizer.lr=0.01), or ~key to remove a key."])
         for key in removals:
             # Hydra-style '~key' drops a key, e.g. a schedule's t_warmup when switching schedules.
@@ -50,11 +81,31 @@ def _resolve(yaml_path: str | None, overrides: Sequence[str] = (), base: dict | 
             if parent is None or leaf not in parent:
                 raise ConfigError([f"Cannot remove '{key}': it is not in the config."])
             del parent[leaf]
-        if assignments:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(assignments))
+        for item in assignments:
+            # One at a time, so that a value YAML cannot parse is reported with its own override.
+            try:
+                parsed = OmegaConf.from_dotlist([item])
+            except yaml.YAMLError as e:
+                raise ConfigError([
+                    _yaml_problem(e, f"The value of override '{item}'", position=False)
+                    + ' Quote it (key="...") or close its brackets, e.g. optimizer.betas=[0.9,0.99].',
+                ]) from e
+            try:
+                cfg = OmegaConf.merge(cfg, parsed)
+            except TypeError as e:  # omegaconf: "Cannot merge incompatible container types"
+                key = item.split('=', 1)[0].strip()
+                raise ConfigError([
+                    f"Override '{item}' cannot replace '{key}': it holds a mapping in the config and the override gives "
+                    f"a list or value ({e}). Set its keys one by one instead, e.g. {key}.<name>=<value>.",
+                ]) from e
         return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except InterpolationKeyError as e:
+        raise ConfigError([
+            f"Could not resolve an interpolation: {' '.join(str(e).split())}"
+            + ". Define the key it names (${variables.x} refers to the top-level 'variables:' mapping) or correct the ${...} reference.",
+        ]) from e
     except OmegaConfBaseException as e:
-        raise ConfigError([f'Could not read the config: {e}'.replace('\n', ' ')]) from e
+        raise ConfigError([f"Could not read the config: {' '.join(str(e).split())}. Fix the key named above in the YAML or the overrides."]) from e
 
 
 _DURATION = re.compile(r'^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ba|ep|sp|tok|dur)\s*$')
@@ -103,15 +154,18 @@ def _c4_problems(cfg: TrainConfig) -> list[str]:
     d = cfg.data
     span_ok = True
     if not 0.0 < d.noise_density < 1.0:
-        p.append(f"'data.noise_density' must be in (0, 1), got {d.noise_density}.")
+        p.append(f"'data.noise_density' must be in (0, 1), got {d.noise_density}; T5 uses 0.15.")
         span_ok = False
     if d.mean_noise_span_length < 1.0:
-        p.append(f"'data.mean_noise_span_length' must be >= 1, got {d.mean_noise_span_length}.")
+        p.append(f"'data.mean_noise_span_length' must be >= 1, got {d.mean_noise_span_length}; T5 uses 3.")
         span_ok = False
-    if span_ok:
+    if d.input_length < 4:
+        # random_spans_helper itself rejects lengths below 2 with a ValueError of its own.
+        p.append(f"'data.input_length' {d.input_length} is too small to hold one noise span and EOS; use at least 4 (512 is standard).")
+    elif span_ok:
         raw_length, _ = random_spans_helper(d.input_length, d.noise_density, d.mean_noise_span_length)
         num_noise, num_spans = noise_span_counts(raw_length, d.noise_density, d.mean_noise_span_length)
-        if d.input_length < 4 or raw_length - num_noise < 1:
+        if raw_length - num_noise < 1:
             p.append(f"'data.input_length' {d.input_length} is too small to hold one noise span and EOS; use at least 4 (512 is standard).")
         elif num_spans > 100:
             p.append(f"'data.input_length' {d.input_length} needs {num_spans} sentinel tokens but T5 tokenizers have 100; lower input_length or raise mean_noise_span_length.")
@@ -156,6 +210,57 @@ def _init_problems(cfg: TrainConfig) -> list[str]:
     return []
 
 
+# streaming 0.13's shuffle algorithms (streaming.base.shuffle.algos; importing it costs seconds).
+SHUFFLE_ALGOS = ('naive', 'py1br', 'py1e', 'py1s', 'py2s')
+_LOG_LEVELS = ('debug', 'info', 'warning', 'error', 'critical')
+_POSITIVE_MODEL_KEYS = (
+    'd_model', 'd_kv', 'd_ff', 'num_layers', 'num_decoder_layers', 'num_heads',
+    'relative_attention_num_buckets', 'relative_attention_max_distance',
+)
+
+
+def _range_problems(cfg: TrainConfig) -> list[str]:
+    """Values of the right type that Composer, streaming or torch would reject later, mid-build."""
+    p: list[str] = []
+    if cfg.run_name is not None and ('/' in cfg.run_name or '\\' in cfg.run_name or not cfg.run_name.strip()):
+        p.append(f"'run_name' {cfg.run_name!r} names files and folders, so it must be non-empty and have no '/' or '\\'; "
+                 "use e.g. run_name=pt_base-lr2e-2.")
+    if not math.isfinite(cfg.optimizer.lr) or not math.isfinite(cfg.optimizer.weight_decay):
+        p.append(f"'optimizer.lr' and 'optimizer.weight_decay' must be finite numbers, got lr={cfg.optimizer.lr}, "
+                 f'weight_decay={cfg.optimizer.weight_decay}; set e.g. optimizer.lr=0.01.')
+    if cfg.eval_subset_num_batches == 0 or cfg.eval_subset_num_batches < -1:
+        p.append(f"'eval_subset_num_batches' must be -1 (the whole eval split) or positive, got {cfg.eval_subset_num_batches}.")
+    p += _time_problems(cfg.console_log_interval, 'console_log_interval', ('ba', 'ep'))
+    if cfg.python_log_level is not None and cfg.python_log_level.lower() not in _LOG_LEVELS:
+        p.append(f"'python_log_level' must be one of {', '.join(_LOG_LEVELS)} or null, got {cfg.python_log_level!r}."
+                 f"{closest(cfg.python_log_level.lower(), _LOG_LEVELS)}")
+    if not cfg.dist_timeout > 0:
+        p.append(f"'dist_timeout' must be a positive number of seconds, got {cfg.dist_timeout}; the default is 600.")
+    m = cfg.model
+    for key in _POSITIVE_MODEL_KEYS:
+        value = getattr(m, key)
+        if value is not None and value <= 0:
+            p.append(f"'model.{key}' must be positive, got {value}; set it to a positive integer or null to keep {m.name}'s value.")
+    if isinstance(m.vocab_size, int) and m.vocab_size <= 0:
+        p.append(f"'model.vocab_size' must be positive or 'tokenizer', got {m.vocab_size}.")
+    if m.dropout_rate is not None and not 0.0 <= m.dropout_rate < 1.0:
+        p.append(f"'model.dropout_rate' must be in [0, 1), got {m.dropout_rate}; nanoT5 pre-trains with 0.0 and fine-tunes with 0.1.")
+    if m.lm_head_init_std is not None and not m.lm_head_init_std > 0:
+        p.append(f"'model.lm_head_init_std' must be positive, got {m.lm_head_init_std}; null keeps the reference's 1.0.")
+    d = cfg.data
+    if isinstance(d, DataConfig):
+        if not d.download_timeout > 0:
+            p.append(f"'data.download_timeout' must be a positive number of seconds, got {d.download_timeout}; the default is 60.")
+        if d.shuffle_algo not in SHUFFLE_ALGOS:
+            p.append(f"'data.shuffle_algo' must be one of {', '.join(SHUFFLE_ALGOS)}, got {d.shuffle_algo!r}.{closest(d.shuffle_algo, SHUFFLE_ALGOS)}")
+        for key in ('prefetch_factor', 'num_canonical_nodes'):
+            if getattr(d, key) is not None and getattr(d, key) <= 0:
+                p.append(f"'data.{key}' must be positive or null, got {getattr(d, key)}.")
+        if d.predownload is not None and d.predownload < 0:
+            p.append(f"'data.predownload' must be >= 0 or null, got {d.predownload}.")
+    return p
+
+
 def value_problems(cfg: TrainConfig) -> list[str]:
     """Problems with values that have the right type but cannot work together."""
     p: list[str] = []
@@ -171,13 +276,16 @@ def value_problems(cfg: TrainConfig) -> list[str]:
         p.append(f"'device_eval_batch_size' must be positive, got {cfg.device_eval_batch_size}.")
     p += _warmup_problems(cfg)
     if cfg.optimizer.lr < 0:
-        p.append(f"'optimizer.lr' must be >= 0, got {cfg.optimizer.lr}.")
+        p.append(f"'optimizer.lr' must be >= 0, got {cfg.optimizer.lr}; set a positive learning rate, e.g. optimizer.lr=0.01.")
     if cfg.optimizer.weight_decay < 0:
-        p.append(f"'optimizer.weight_decay' must be >= 0, got {cfg.optimizer.weight_decay}.")
+        p.append(f"'optimizer.weight_decay' must be >= 0, got {cfg.optimizer.weight_decay}; 0.0 turns weight decay off.")
     p += _c4_problems(cfg) if isinstance(cfg.data, DataConfig) else _sni_problems(cfg)
     p += _init_problems(cfg)
+    p += _range_problems(cfg)
     if cfg.autoresume and (cfg.run_name is None or cfg.save_folder is None):
         p.append("When setting 'autoresume: true' you must also set 'run_name' and 'save_folder'.")
+    if cfg.nonfinite.max_skips < 0:
+        p.append(f"'nonfinite.max_skips' must be >= 0, got {cfg.nonfinite.max_skips}.")
     if cfg.save_num_checkpoints_to_keep == 0 or cfg.save_num_checkpoints_to_keep < -1:
         p.append(f"'save_num_checkpoints_to_keep' must be -1 (keep all) or positive, got {cfg.save_num_checkpoints_to_keep}.")
     return p
@@ -211,13 +319,38 @@ def _is_secret(key: Any) -> bool:
     return isinstance(key, str) and any(w in _SECRET_WORDS for w in re.split(r'[_\-.]', key.lower()))
 
 
-def redact(obj: Any) -> Any:
-    """A copy of a config mapping with values of secret-looking keys replaced by '****'."""
+_URL_PASSWORD = re.compile(r'(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+:)(?P<pw>[^/\s@]+)@')
+_SECRET_ENV_WORDS = _SECRET_WORDS | {'pat', 'auth'}
+
+
+def secret_values(environ: Any = None) -> list[str]:
+    """Values of environment variables whose names look secret (AWS_SECRET_ACCESS_KEY, HF_TOKEN,
+    WANDB_API_KEY, ...), longest first, to scrub from anything printed or logged."""
+    environ = os.environ if environ is None else environ
+    values = {v for k, v in environ.items()
+              if len(v) >= 6 and any(w in _SECRET_ENV_WORDS for w in re.split(r'[_\-.]', k.lower()))}
+    return sorted(values, key=len, reverse=True)
+
+
+def scrub(text: str, secrets: Sequence[str] = ()) -> str:
+    """``text`` with URL passwords and the given secret values replaced by '****'."""
+    text = _URL_PASSWORD.sub(lambda m: m['head'] + '****@', text)
+    for value in secrets:
+        text = text.replace(value, '****')
+    return text
+
+
+def redact(obj: Any, secrets: Sequence[str] | None = None) -> Any:
+    """A copy of a config mapping without secrets: values of secret-looking keys become '****',
+    and passwords in URLs and values of secret environment variables are scrubbed from strings."""
+    secrets = secret_values() if secrets is None else secrets
     if isinstance(obj, dict):
         return {
-            k: ('****' if _is_secret(k) and v is not None else redact(v))
+            k: ('****' if _is_secret(k) and v is not None else redact(v, secrets))
             for k, v in obj.items()
         }
     if isinstance(obj, list):
-        return [redact(v) for v in obj]
+        return [redact(v, secrets) for v in obj]
+    if isinstance(obj, str):
+        return scrub(obj, secrets)
     return obj

@@ -14,7 +14,7 @@ from typing import Any, Literal, Optional, Union
 
 from t5composer.config.validation import required
 
-__all__ = ['TokenizerConfig', 'ModelConfig', 'DataConfig', 'SNIDataConfig', 'OptimizerConfig', 'SchedulerConfig', 'TrainConfig']
+__all__ = ['TokenizerConfig', 'ModelConfig', 'DataConfig', 'SNIDataConfig', 'OptimizerConfig', 'SchedulerConfig', 'NonFiniteConfig', 'TrainConfig']
 
 
 @dataclass
@@ -34,9 +34,10 @@ class ModelConfig:
     name: a built-in config name (google/t5-v1_1-small/base/large/xl/xxl), a local directory
         with config.json, or a hub name.
     init: where weights start: ``random`` (the reference's init, see docs/design.md), ``hf``
-        (Hugging Face weights of ``name``: a hub name or a local directory, from safetensors or
-        torch files), or ``checkpoint`` (the weights of the Composer checkpoint ``load_path``,
+        (Hugging Face weights of ``name``: a hub name, a local directory or a ``.safetensors``
+        file; safetensors only, since other formats are pickles that can run code), or ``checkpoint`` (the weights of the Composer checkpoint ``load_path``,
         with a fresh optimizer and schedule).
+    revision: with ``init: hf`` and a hub name, the branch, tag or commit of the weights.
     lm_head_init_std: std of the untied lm_head at init; null keeps the reference's 1.0
         (first loss ~60). d_model**-0.5 is the common alternative.
     gradient_checkpointing: recompute block activations in backward to save memory.
@@ -47,6 +48,7 @@ class ModelConfig:
 
     name: str = 'google/t5-v1_1-base'
     init: Literal['random', 'hf', 'checkpoint'] = 'random'
+    revision: Optional[str] = None
     lm_head_init_std: Optional[float] = None
     gradient_checkpointing: bool = False
     vocab_size: Union[int, Literal['tokenizer'], None] = None
@@ -64,7 +66,7 @@ class ModelConfig:
 
     def config_overrides(self) -> dict[str, Any]:
         """The T5Config attributes this section sets."""
-        own = {'name', 'init', 'lm_head_init_std', 'gradient_checkpointing', 'vocab_size'}
+        own = {'name', 'init', 'revision', 'lm_head_init_std', 'gradient_checkpointing', 'vocab_size'}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in own and v is not None}
 
 
@@ -168,6 +170,18 @@ class SchedulerConfig:
 
 
 @dataclass
+class NonFiniteConfig:
+    """Args:
+    action: what a non-finite loss or gradient does: ``stop`` the run (the default; the last
+        checkpoint stays good) or ``skip`` the batch without an optimizer step.
+    max_skips: with ``skip``, stop once this many batches were skipped in the run.
+    """
+
+    action: Literal['stop', 'skip'] = 'stop'
+    max_skips: int = 10
+
+
+@dataclass
 class TrainConfig:
     """One pre-training run. See README for what each key does and yamls/ for examples."""
 
@@ -201,6 +215,7 @@ class TrainConfig:
     data: Union[DataConfig, SNIDataConfig] = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = required()
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    nonfinite: NonFiniteConfig = field(default_factory=NonFiniteConfig)
     algorithms: dict[str, Optional[dict[str, Any]]] = field(default_factory=dict)
     callbacks: dict[str, Optional[dict[str, Any]]] = field(default_factory=dict)
     loggers: dict[str, Optional[dict[str, Any]]] = field(default_factory=dict)

@@ -73,6 +73,12 @@ def _convert(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
         tagged = [a for a in args if dataclasses.is_dataclass(a)]
         if len(tagged) > 1 and isinstance(value, dict):
             return _convert_tagged(value, tagged, where, problems)
+        if len(tagged) > 1 and value is not None:
+            # Otherwise the union below would read 'must be mapping | mapping'.
+            names = [f.default for cls in tagged for f in dataclasses.fields(cls) if f.name == 'name']
+            problems.append(f"'{where}' must be a mapping of keys whose 'name' picks its kind ({', '.join(repr(n) for n in names)}), "
+                            f"e.g. '{where}: {{name: {names[0]}, ...}}', got {type(value).__name__} {value!r}.")
+            return value
         # Try each member quietly; report once with the whole union if none fits.
         for arg in args:
             trial: list[str] = []
@@ -108,7 +114,7 @@ def _convert(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
         return [_convert(v, item_tp, f'{where}[{i}]', problems) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            problems.append(f"'{where}' must be a mapping, got {type(value).__name__} {value!r}.")
+            problems.append(f"'{where}' must be a mapping (write 'name: value' entries indented under '{where}:'), got {type(value).__name__} {value!r}.")
             return {}
         _, val_tp = typing.get_args(tp)
         return {k: _convert(v, val_tp, f'{where}.{k}', problems) for k, v in value.items()}

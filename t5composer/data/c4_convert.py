@@ -9,7 +9,8 @@ is concatenated across documents and cut into rows of exactly the *expanded* len
 Rows go to ``{out_root}/.{split}.tmp-<pid>`` (``MDSWriter``, column ``tokens: ndarray:uint16``),
 then ``t5composer_meta.json`` is written and the directory is renamed to ``{out_root}/{split}``;
 a failed conversion leaves nothing behind. Bad lines are counted by reason, the first few are
-logged with file and line, and conversion goes on.
+logged with file and line, and conversion goes on; a file with no usable line is named in a
+warning, and a split with no usable document (or too few tokens for one row) is an error.
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ class _SplitWriter:
         self.docs = self.tokens = self.rows = 0
         self.skipped: Counter = Counter()
         self.examples = 0
+        self.per_file: dict[str, list[int]] = {}  # file -> [good documents, skipped lines]
 
     @property
     def done(self) -> bool:
@@ -123,6 +125,7 @@ class _SplitWriter:
 
     def skip(self, file: str, lineno: int, reason: str, detail: str = '') -> None:
         self.skipped[reason] += 1
+        self.per_file.setdefault(file, [0, 0])[1] += 1
         if self.examples < _MAX_EXAMPLES:
             self.examples += 1
             more = f' ({detail})' if detail else ''
@@ -137,6 +140,7 @@ class _SplitWriter:
             tokens, lengths = tokens[: int(lengths[:keep].sum())], lengths[:keep]
         for lineno, reason in bad:
             self.skip(file, lineno, reason)
+        self.per_file.setdefault(file, [0, 0])[0] += len(lengths)
         self.docs += len(lengths)
         self.tokens += len(tokens)
         buf = np.concatenate([self.carry, tokens]) if len(self.carry) else tokens
@@ -154,8 +158,9 @@ def _check_vocab(tokenizer: Any, name: str) -> int:
     top = max(tokenizer.get_vocab().values()) + 1
     if max(size, top) > MAX_UINT16_VOCAB:
         raise ValueError(
-            f'The tokenizer {name!r} has {max(size, top)} ids, more than the {MAX_UINT16_VOCAB} '
-            'that the uint16 token column can hold; use a vocabulary of at most 65536 ids.'
+            f'The tokenizer {name!r} (--tokenizer) has {max(size, top)} ids, more than the {MAX_UINT16_VOCAB} '
+            'that the uint16 token column can hold; use a tokenizer with at most 65536 ids '
+            '(python recipes/train_tokenizer.py --vocab_size 32000 trains one).'
         )
     return size
 
@@ -208,7 +213,8 @@ def convert_c4(
     Raises:
         FileExistsError: a split directory exists and ``overwrite`` is False.
         FileNotFoundError: a split has no files in ``source``.
-        ValueError: bad arguments, or a vocabulary too large for uint16.
+        ValueError: bad arguments, a vocabulary too large for uint16, or a split with no usable
+            document or no complete row (nothing is written for it).
     """
     import streaming  # noqa: F401  (imported here, ~3 s, so it does not count in the split's time)
 
@@ -224,6 +230,13 @@ def convert_c4(
         raise ValueError(f'num_workers must be >= 1, got {num_workers}')
     if max_docs is not None and max_docs < 1:
         raise ValueError(f'max_docs must be >= 1 or None, got {max_docs}')
+    # The same limits as the training config's, named by the converter's flags.
+    if not 0.0 < noise_density < 1.0:
+        raise ValueError(f'--noise_density must be in (0, 1), got {noise_density}; T5 uses 0.15.')
+    if mean_noise_span_length < 1.0:
+        raise ValueError(f'--mean_noise_span_length must be >= 1, got {mean_noise_span_length}; T5 uses 3.')
+    if input_length < 4:
+        raise ValueError(f'--input_length {input_length} is too small to hold one noise span and EOS; use at least 4 (512 is standard).')
     length, _ = random_spans_helper(input_length, noise_density, mean_noise_span_length)
 
     out = Path(os.path.expanduser(str(out_root)))
@@ -233,12 +246,18 @@ def convert_c4(
             f'{", ".join(str(out / s) for s in existing)} already exist(s); pass --overwrite '
             '(overwrite=True) to replace, or choose another --out_root.'
         )
-    tok = load_tokenizer(tokenizer)
+    try:
+        tok = load_tokenizer(tokenizer)
+    except (OSError, ValueError) as e:
+        kind = FileNotFoundError if isinstance(e, FileNotFoundError) else OSError if isinstance(e, OSError) else ValueError
+        raise kind(f'--tokenizer {tokenizer}: {e} Pass a hub name (google/t5-v1_1-base), a tokenizer directory '
+                   'or the path of a spiece.model.') from e
     vocab = _check_vocab(tok, tokenizer)
     fingerprint = tokenizer_fingerprint(tok)
     fs, _ = resolve_source(source, subset=subset)
     files = {s: list_split_files(source=source, split=s, subset=subset) for s in splits}
     out.mkdir(parents=True, exist_ok=True)
+    _remove_dead_conversions(out)
 
     results = {}
     for split in splits:
@@ -251,6 +270,7 @@ def convert_c4(
                 max_docs=max_docs, num_workers=num_workers, compression=compression,
                 size_limit=size_limit, progress=progress, encoder=encoder, chunk_docs=chunk_docs,
             )
+            _check_usable(stats, split=split, source=source, files=files[split], length=length)
             meta = make_split_metadata(
                 source=source, split=split, tokenizer=str(tokenizer), tokenizer_fingerprint=fingerprint,
                 vocab_size=vocab, input_length=input_length, noise_density=noise_density,
@@ -263,13 +283,29 @@ def convert_c4(
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        if stats.rows == 0:
-            log.warning('%s: no complete row of %d tokens (only %d tokens); the split is empty.',
-                        split, length, stats.tokens)
         if stats.skipped:
-            log.warning('%s: skipped %d line(s): %s', split, sum(stats.skipped.values()), dict(stats.skipped))
+            log.warning('%s: skipped %d line(s): %s; the first %d are listed above with file:line, the other documents '
+                        'were converted. If many lines were skipped, check --source.',
+                        split, sum(stats.skipped.values()), dict(stats.skipped), min(_MAX_EXAMPLES, sum(stats.skipped.values())))
         results[split] = meta
     return results
+
+
+def _remove_dead_conversions(out: Path) -> None:
+    """Remove ``.{split}.tmp-<pid>`` folders of conversions that were killed (their process is gone)."""
+    for path in out.glob('.*.tmp-*'):
+        pid = path.name.rsplit('-', 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # that conversion is still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, another user's
+        log.warning('Removing %s, left by a conversion that was killed.', path)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _convert_split(
@@ -318,6 +354,29 @@ def _convert_split(
                 consume(*pending.popleft())
             pool.terminate()  # drop read-ahead work after max_docs
     return stats, backend
+
+
+def _check_usable(stats: _SplitWriter, *, split: str, source: str, files: list[str], length: int) -> None:
+    """Warn about files none of whose lines were usable; refuse a split with no row at all.
+
+    An empty split would only fail later, at training, far from its cause; nothing is written.
+    """
+    for file, (good, bad) in stats.per_file.items():
+        if good == 0 and bad > 0:
+            log.warning('%s: no usable line in %s (%d line(s) skipped), so the whole file was left out; re-download '
+                        'or remove it (C4 files hold one {"text": ...} JSON object per line, optionally gzipped).', split, file, bad)
+    if stats.docs == 0:
+        skipped = dict(stats.skipped) or 'none'
+        raise ValueError(
+            f"No usable document in the {len(files)} file(s) of split '{split}' in {source} (skipped lines: {skipped}); "
+            'nothing was written. The files must hold C4 json lines, one {"text": ...} object per line, optionally '
+            'gzipped; check --source.'
+        )
+    if stats.rows == 0:
+        raise ValueError(
+            f"Split '{split}': its {stats.docs} document(s) hold {stats.tokens} tokens, fewer than one row of {length}; "
+            'nothing was written. Convert more documents (a larger --max_docs) or lower --input_length.'
+        )
 
 
 def _worker_pool(num_workers: int, tokenizer: Any, backend: str) -> Any:

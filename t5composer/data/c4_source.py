@@ -45,7 +45,7 @@ SKIP_REASONS = {
     'non_string_text': '"text" is not a string',
     'empty_text': '"text" is empty or whitespace',
     'invalid_unicode': '"text" has lone surrogates (\\ud800-style escapes)',
-    'unreadable_file': 'the file could not be read (corrupt gzip, I/O error); rest of file skipped',
+    'unreadable_file': 'the file could not be read (corrupt gzip, I/O error); rest of file skipped (re-download it)',
 }
 
 
@@ -103,7 +103,8 @@ def resolve_source(source: str, *, subset: str = 'en') -> tuple[Any, str]:
     else:
         raise FileNotFoundError(
             f'C4 source {source!r} is not a local directory, a URL or a hub dataset name '
-            f"like '{HUB_DATASET}'."
+            f"like '{HUB_DATASET}'; pass --source {HUB_DATASET}, or a folder laid out like the hub's en/ "
+            '(c4-train.*.json.gz, c4-validation.*.json.gz).'
         )
     fs, root = fsspec.core.url_to_fs(url)
     return fs, root.rstrip('/')
@@ -139,7 +140,8 @@ def list_split_files(*, source: str, split: str, subset: str = 'en') -> list[str
         shown = ', '.join(found[:10]) + (f', ... ({len(found)} in all)' if len(found) > 10 else '')
         raise FileNotFoundError(
             f"No files for split '{split}' ({prefix}.*.json[.gz]) in {source} ({root}); "
-            f'found: {shown or "nothing"}.'
+            f'found: {shown or "nothing"}. Point --source at a folder laid out like the hub\'s en/ '
+            '(c4-train.*.json.gz, c4-validation.*.json.gz).'
         )
     return sorted(files)
 

@@ -356,8 +356,10 @@ def load_sni_split(
         try:
             task = _read_task(base / rel)
         except _TaskProblem as e:
-            extra = f' (listed in {list_file})' if 'not found' in str(e) else ''
-            problems.append(f'{rel}: {e}{extra}; task skipped')
+            missing = 'not found' in str(e)
+            extra = f' (listed in {list_file})' if missing else ''
+            fix = 'add the file' if missing else 'fix the file'
+            problems.append(f"{rel}: {e}{extra}; task skipped ({fix}, or remove '{name}' from {list_file})")
             continue
         instances = []
         for inst in task['Instances']:
@@ -373,7 +375,7 @@ def load_sni_split(
             random.Random(f'{seed}:{name}').shuffle(instances)
         instances = instances[:limit]
         if not instances:
-            problems.append(f'{rel}: no instances; task skipped')
+            problems.append(f"{rel}: no instances; task skipped (add instances, or remove '{name}' from {list_file})")
             continue
         sources = build_sources(
             definition=task['Definition'],

@@ -14,10 +14,25 @@ import numpy as np
 from streaming import StreamingDataset
 from torch.utils.data import DataLoader
 
+from t5composer.config.validation import ConfigError
 from t5composer.data.locations import split_location
 from t5composer.data.span_corruption import SpanCorruptionCollator
 
 __all__ = ['C4SpanDataset', 'build_span_dataloader']
+
+
+def _open_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [OSError, ValueError, RuntimeError, KeyError]
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        errors += [BotoCoreError, ClientError]
+    except ImportError:  # boto3 is only needed for s3:// remotes
+        pass
+    return tuple(errors)
+
+
+_OPEN_ERRORS = _open_errors()
 
 
 class C4SpanDataset(StreamingDataset):
@@ -83,18 +98,27 @@ def build_span_dataloader(
         drop_last: drop a final partial batch (default: for training only). A compiled model
             recompiles for a new batch shape, so compiled runs drop it in eval too.
     """
-    dataset = C4SpanDataset(
-        local=split_location(local, split),
-        remote=split_location(remote, split),
-        batch_size=device_batch_size,
-        shuffle=shuffle and train,
-        shuffle_seed=shuffle_seed,
-        shuffle_algo=shuffle_algo,
-        num_canonical_nodes=num_canonical_nodes,
-        predownload=predownload,
-        download_timeout=download_timeout,
-        fixed_epoch=None if train else 0,
-    )
+    try:
+        dataset = C4SpanDataset(
+            local=split_location(local, split),
+            remote=split_location(remote, split),
+            batch_size=device_batch_size,
+            shuffle=shuffle and train,
+            shuffle_seed=shuffle_seed,
+            shuffle_algo=shuffle_algo,
+            num_canonical_nodes=num_canonical_nodes,
+            predownload=predownload,
+            download_timeout=download_timeout,
+            fixed_epoch=None if train else 0,
+        )
+    except _OPEN_ERRORS as e:
+        # streaming's own errors (a corrupt index.json, a store that fails mid-way) come from deep
+        # inside it; say which split and what to do instead of a traceback.
+        where = ' and '.join(f"{k} '{v}'" for k, v in (('local', split_location(local, split)), ('remote', split_location(remote, split))) if v)
+        raise ConfigError([
+            f"Could not open split '{split}' ({where}): {type(e).__name__}: {e}. "
+            'Reconvert the split with recipes/convert_c4.py (--overwrite), or check data.remote, the network and the credentials.',
+        ]) from e
     workers = num_workers
     return DataLoader(
         dataset,

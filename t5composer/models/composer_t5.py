@@ -219,16 +219,39 @@ class ComposerT5(ComposerModel):
         )
 
 
-def _load_pretrained_state_dict(source: str, config: transformers.T5Config) -> dict[str, torch.Tensor]:
-    """HF-format T5 weights from a ``.safetensors`` / ``.bin`` file, a local directory or the hub."""
+_CONVERT_HINT = (
+    "If you trust the file, convert it once (torch's weights-only loader cannot run code): python -c \"import torch; "
+    "from safetensors.torch import save_file; sd = torch.load('pytorch_model.bin', weights_only=True); "
+    "save_file({k: v.contiguous().clone() for k, v in sd.items()}, 'model.safetensors', metadata={'format': 'pt'})\""
+)
+
+
+def _load_pretrained_state_dict(source: str, config: transformers.T5Config, revision: str | None = None) -> dict[str, torch.Tensor]:
+    """HF-format T5 weights from a ``.safetensors`` file, a local directory or the hub.
+
+    Only safetensors: ``pytorch_model.bin`` files are pickles, and loading one from an untrusted
+    source can run arbitrary code. The model class is always our T5 (transformers'
+    ``T5ForConditionalGeneration`` for directories), never code shipped with the weights.
+    """
     if os.path.isfile(source):
         if source.endswith('.safetensors'):
             from safetensors.torch import load_file
 
             return load_file(source)
-        return torch.load(source, map_location='cpu', weights_only=True)
-    # Directories (also sharded checkpoints) and hub names: let transformers find the files.
-    hf = transformers.T5ForConditionalGeneration.from_pretrained(source, config=config)
+        raise ValueError(
+            f"'{source}' is not a .safetensors file. t5composer imports Hugging Face weights from safetensors only: "
+            f'other formats are pickles that can run code when loaded. {_CONVERT_HINT}',
+        )
+    try:
+        # Directories (also sharded checkpoints) and hub names: transformers finds the files.
+        hf = transformers.T5ForConditionalGeneration.from_pretrained(source, config=config, use_safetensors=True, revision=revision)
+    except OSError as e:
+        raise ValueError(
+            f"'{source}' has no safetensors weights t5composer can read ({e}). t5composer imports Hugging Face weights from "
+            'safetensors only (a pytorch_model.bin is a pickle that can run code). Point model.name at a directory with '
+            'model.safetensors, or set model.revision to a hub revision that has one (the hub\'s conversion bot publishes '
+            f'them as pull requests: model.revision=refs/pr/<number>). {_CONVERT_HINT}',
+        ) from e
     return hf.state_dict()
 
 
@@ -240,6 +263,7 @@ def build_composer_t5(
     lm_head_init_std: float | None = None,
     gradient_checkpointing: bool = False,
     generation: GenerationEval | None = None,
+    revision: str | None = None,
 ) -> ComposerT5:
     """Build the Composer model.
 
@@ -247,11 +271,12 @@ def build_composer_t5(
         config: model config (see ``load_model_config``).
         init: ``'random'`` (transformers' T5 init) or ``'pretrained'`` (load HF-format weights
             from ``pretrained``).
-        pretrained: with ``init='pretrained'``: a weights file (``.safetensors``/``.bin``), a
-            local model directory, or a hub name.
+        pretrained: with ``init='pretrained'``: a ``.safetensors`` file, a local model directory
+            or a hub name (safetensors weights only).
         lm_head_init_std: std of the untied lm_head at random init; None = the reference's 1.0.
         gradient_checkpointing: recompute each block's activations in backward.
         generation: evaluate by greedy generation too (fine-tuning); None for pre-training.
+        revision: with a hub name, the branch, tag or commit to take the weights from.
     """
     if init not in ('random', 'pretrained'):
         raise ValueError(f"init must be 'random' or 'pretrained', got {init!r}.")
@@ -259,7 +284,7 @@ def build_composer_t5(
     if init == 'pretrained':
         if not pretrained:
             raise ValueError("init='pretrained' needs pretrained=<weights file, directory or hub name>.")
-        state = _load_pretrained_state_dict(pretrained, config)
+        state = _load_pretrained_state_dict(pretrained, config, revision)
         # HF checkpoints often omit the tied copies (encoder/decoder.embed_tokens, tied lm_head).
         state.setdefault('encoder.embed_tokens.weight', state['shared.weight'])
         state.setdefault('decoder.embed_tokens.weight', state['shared.weight'])

@@ -22,6 +22,7 @@ __all__ = [
     'OptimizerBuilder',
     'register_optimizer',
     'build_optimizer',
+    'optimizer_problems',
     'param_groups',
     'is_no_decay',
 ]
@@ -172,3 +173,38 @@ def build_optimizer(
     elif weight_decay > 0:
         raise ValueError(f'optimizer {name!r} takes no weight_decay, but weight_decay={weight_decay} was given')
     return builder(groups, **call_kwargs)
+
+
+def optimizer_problems(name: str, *, lr: float, weight_decay: float, kwargs: dict[str, Any]) -> list[str]:
+    """Problems with a config's ``optimizer:`` section, as messages that name the YAML keys.
+
+    The optimizer is built once over a dummy parameter, so that every value the optimizer itself
+    refuses (betas out of range, a string where a number goes) is found in a second, before the
+    model is built, rather than as a traceback after it.
+
+    Args:
+        name: ``optimizer.name``.
+        lr: ``optimizer.lr``.
+        weight_decay: ``optimizer.weight_decay``.
+        kwargs: the section's other keys.
+
+    Returns:
+        One message per problem (empty when the optimizer builds).
+    """
+    from t5composer.config.validation import check_keys, closest
+
+    if name not in OPTIMIZERS:
+        return [f"'optimizer.name' {name!r} is not a registered optimizer.{closest(name, OPTIMIZERS)} "
+                f"Registered: {', '.join(sorted(OPTIMIZERS))}."]
+    options, var_kwargs = builder_options(OPTIMIZERS[name], skip_first=True)
+    if not var_kwargs:
+        valid = ['name', 'lr', 'weight_decay'] + [o for o in options if o not in ('lr', 'weight_decay')]
+        unknown = check_keys(kwargs, valid, 'optimizer.')
+        if unknown:
+            return [f'{u[:-1]} (options of {name!r}).' if u.endswith('.') else u for u in unknown]
+    try:
+        build_optimizer(nn.Linear(2, 2), name=name, lr=lr, weight_decay=weight_decay, **kwargs)
+    except (TypeError, ValueError) as e:
+        given = ', '.join(f'optimizer.{k}={v!r}' for k, v in {'lr': lr, 'weight_decay': weight_decay, **kwargs}.items())
+        return [f"Optimizer {name!r} refuses its settings ({given}): {e}. Fix those values in the YAML or with overrides."]
+    return []

@@ -29,6 +29,7 @@ __all__ = [
     'SCHEDULERS',
     'register_scheduler',
     'build_scheduler',
+    'scheduler_problems',
     'to_batches',
     'optimizer_steps_done',
 ]
@@ -364,3 +365,35 @@ def build_scheduler(name: str, *, base_lr: float, **kwargs: Any) -> ComposerSche
     return builder(**call_kwargs)
 
 
+
+
+def scheduler_problems(name: str, *, base_lr: float, kwargs: dict[str, Any]) -> list[str]:
+    """Problems with a config's ``scheduler:`` section, as messages that name the YAML keys.
+
+    The scheduler is built once (its constructor checks durations and lrs), so a wrong value is
+    reported before the model is built rather than as a traceback after it.
+
+    Args:
+        name: ``scheduler.name``.
+        base_lr: ``optimizer.lr``.
+        kwargs: the section's other keys.
+
+    Returns:
+        One message per problem (empty when the scheduler builds).
+    """
+    from t5composer.config.validation import check_keys, closest
+
+    if name not in SCHEDULERS:
+        return [f"'scheduler.name' {name!r} is not a registered schedule.{closest(name, SCHEDULERS)} "
+                f"Registered: {', '.join(sorted(SCHEDULERS))}."]
+    options, var_kwargs = builder_options(SCHEDULERS[name], skip_first=False)
+    if not var_kwargs:
+        unknown = check_keys(kwargs, ['name'] + [o for o in options if o != 'base_lr'], 'scheduler.')
+        if unknown:
+            return [f'{u[:-1]} (options of {name!r}).' if u.endswith('.') else u for u in unknown]
+    try:
+        build_scheduler(name, base_lr=base_lr, **kwargs)
+    except (TypeError, ValueError) as e:
+        given = ', '.join(f'scheduler.{k}={v!r}' for k, v in kwargs.items()) or 'no options'
+        return [f"Schedule {name!r} refuses its settings ({given}, optimizer.lr={base_lr!r}): {e}. Fix those values in the YAML or with overrides."]
+    return []
