@@ -4,6 +4,7 @@ Examples:
     python recipes/convert_c4.py --out_root ~/data/c4_t5 --max_docs 2000000 --num_workers 16
     python recipes/convert_c4.py --source /data/c4/en --out_root /data/c4_t5 \\
         --tokenizer /data/tok/spiece.model --splits val
+    python recipes/convert_c4.py --out_root s3://my-bucket/c4_t5 --num_workers 16   # straight to S3
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--source', default='allenai/c4',
                    help="'allenai/c4' (hub, subset en), an fsspec URL, or a local dir like the hub's en/ folder")
-    p.add_argument('--out_root', required=True, help='output directory; splits go to OUT_ROOT/train, OUT_ROOT/val')
+    p.add_argument('--out_root', required=True,
+                   help='output directory or object-store URL (s3://bucket/c4); splits go to OUT_ROOT/train, OUT_ROOT/val')
+    p.add_argument('--local', default=None, help='with a remote --out_root: where shards are staged before upload (default: a temp dir)')
     p.add_argument('--splits', nargs='+', default=['train', 'val'], choices=['train', 'val'])
     p.add_argument('--tokenizer', default='google/t5-v1_1-base', help='hub name, tokenizer dir or spiece.model')
     p.add_argument('--input_length', type=int, default=512)
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             num_workers=args.num_workers, overwrite=args.overwrite,
             compression=None if args.compression.lower() == 'none' else args.compression,
             size_limit=args.size_limit, progress=not args.no_progress, subset=args.subset,
-            encoder=args.encoder,
+            encoder=args.encoder, local=args.local,
         )
     except (OSError, ValueError) as e:
         # Bad inputs (a missing source, an existing split, a tokenizer too large for uint16) are
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             skipped += f" {m['skipped_lines']}"
         print(f"{split}: {m['docs']:,} docs, {m['tokens']:,} tokens, {m['rows']:,} rows of {m['expanded_length']}, "
               f"{skipped}, {m['seconds']:.1f} s, {m['tokens'] / secs:,.0f} tokens/s ({m['encoder']}) "
-              f"-> {Path(args.out_root) / split}")
+              f"-> {args.out_root.rstrip('/')}/{split}")
     return 0
 
 

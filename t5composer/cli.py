@@ -12,7 +12,8 @@ from t5composer.config.validation import ConfigError
 
 __all__ = ['train_main', 'evaluate_main', 'limit_cpu_threads']
 
-USAGE = 'usage: composer recipes/train.py <recipe.yaml> [key=value ...]   (e.g. yamls/demo.yaml optimizer.lr=0.01)'
+USAGE = ('usage: composer recipes/train.py <recipe.yaml> [key=value ...] [--dry-run [--dry-run-gpus N]]   (e.g. yamls/demo.yaml optimizer.lr=0.01)\n'
+         '  --dry-run: validate and build everything but the data and the GPUs, print a summary, exit (N GPUs, default 8)')
 
 
 def limit_cpu_threads() -> None:
@@ -92,9 +93,17 @@ def train_main(argv: Sequence[str], *, extra_callbacks: tuple = ()) -> int:
     """``recipes/train.py``: load the YAML, build the trainer, evaluate first if asked, train.
 
     Args:
-        argv: the recipe YAML, then ``key=value`` overrides.
+        argv: the recipe YAML, then ``key=value`` overrides; ``--dry-run`` (``--dry-run-gpus N``)
+            anywhere validates and builds without training (see :mod:`t5composer.dry_run`).
         extra_callbacks: Composer callbacks to add to the recipe's (tests use this to inject faults).
     """
+    from t5composer.dry_run import parse_dry_run_args
+
+    try:
+        argv, dry = parse_dry_run_args(argv)
+    except ConfigError as e:
+        _print_error(e)
+        return 2
     if not argv or argv[0] in ('-h', '--help'):
         print(USAGE)
         return 0 if argv else 2
@@ -108,6 +117,16 @@ def train_main(argv: Sequence[str], *, extra_callbacks: tuple = ()) -> int:
         return 2
     limit_cpu_threads()
     secrets = setup_logging(cfg)
+    if dry is not None:
+        from t5composer.dry_run import dry_run
+
+        if int(os.environ.get('RANK', '0')) != 0:
+            return 0  # under `composer -n N`, rank 0 checks for all
+        try:
+            return dry_run(cfg, recipe=yaml_path, gpus=dry.gpus)
+        except ConfigError as e:
+            _print_error(e, secrets)
+            return 2
 
     from omegaconf import OmegaConf
 

@@ -8,12 +8,13 @@ Add your own with :func:`register`.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any, Callable, Optional
 
 from t5composer.config.validation import ConfigError, check_keys, closest
 from t5composer.registry import builder_options
 
-__all__ = ['ALGORITHMS', 'CALLBACKS', 'LOGGERS', 'register', 'build_components', 'check_component_kwargs', 'component_problems']
+__all__ = ['ALGORITHMS', 'CALLBACKS', 'LOGGERS', 'REQUIRED_PACKAGES', 'register', 'build_components', 'check_component_kwargs', 'component_problems']
 
 
 def _lazy(path: str) -> Callable[[], type]:
@@ -49,6 +50,17 @@ LOGGERS: dict[str, Callable[[], type]] = {
 
 _KINDS = {'algorithms': ALGORITHMS, 'callbacks': CALLBACKS, 'loggers': LOGGERS}
 
+# Packages that Composer imports only when it builds the logger. Checked by name (no import), so
+# preflight names a missing one within seconds instead of failing after the model is built; the
+# pip name equals the import name for all three.
+REQUIRED_PACKAGES: dict[str, dict[str, str]] = {
+    'loggers': {'tensorboard': 'tensorboard', 'wandb': 'wandb', 'mlflow': 'mlflow'},
+}
+
+
+def _installed(package: str) -> bool:
+    return importlib.util.find_spec(package) is not None
+
 
 def register(kind: str, name: str) -> Callable[[type], type]:
     """Decorator: make a class available under ``name`` in ``kind`` (algorithms/callbacks/loggers)."""
@@ -74,6 +86,11 @@ def _resolve(kind: str, section: dict[str, Optional[dict[str, Any]]], *, load: b
         kwargs = kwargs or {}
         if name not in registry:
             problems.append(f"Unknown {kind[:-1]} '{name}' in '{kind}'.{closest(name, registry)} Registered: {', '.join(sorted(registry))}.")
+            continue
+        package = REQUIRED_PACKAGES.get(kind, {}).get(name)
+        if package is not None and not _installed(package):
+            problems.append(f"'{kind}.{name}' needs the '{package}' package, which is not installed: pip install {package} "
+                            f"(or remove '{name}' from '{kind}').")
             continue
         if not load:
             continue

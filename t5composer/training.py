@@ -20,7 +20,7 @@ from t5composer.config.validation import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ['DataPlan', 'plan_data', 'preflight', 'build_trainer', 'convert_command', 'config_summary']
+__all__ = ['DataPlan', 'plan_data', 'preflight', 'build_trainer', 'trainer_parallelism_config', 'convert_command', 'config_summary']
 
 
 @dataclass
@@ -117,27 +117,43 @@ def _missing_sni(d: SNIDataConfig) -> list[str]:
     ]
 
 
-def preflight(cfg: TrainConfig, *, train: bool = True) -> None:
+def preflight(cfg: TrainConfig, *, train: bool = True, dry_run_gpus: Optional[int] = None) -> list[str]:
     """Checks that need no model and no data loading; raise :class:`ConfigError` listing all problems.
 
     Runs before anything heavy is imported or built, so a first-contact mistake (no converted
     data, bf16 on a CPU machine, batch sizes that don't divide, a misspelt optimizer or callback,
     a path that does not exist, an unreachable data.remote) is reported within seconds.
+
+    Args:
+        cfg: the validated config.
+        train: also check the train split (False: evaluation only).
+        dry_run_gpus: check for a run on this many GPUs from a machine that may have none
+            (``--dry-run``): checks of this machine's device are skipped, and missing data is
+            returned as a note instead of raised.
+
+    Returns:
+        Notes for the dry run (empty otherwise).
     """
     from t5composer.components import component_problems
     from t5composer.optim.registry import optimizer_problems
     from t5composer.tokenization import _looks_like_path
 
-    on_gpu = torch.cuda.is_available()
+    dry = dry_run_gpus is not None
+    on_gpu = torch.cuda.is_available() or dry  # a dry run checks for the GPU machine it targets
     problems = []
     if not on_gpu and cfg.precision != 'fp32':
         problems.append(f"precision '{cfg.precision}' is not supported on CPU; set precision=fp32 (mixed precision needs a GPU).")
-    world = os.environ.get('WORLD_SIZE', '1')
+    if not on_gpu and cfg.parallelism_config is not None and cfg.parallelism_config.fsdp is not None:
+        problems.append("'parallelism_config.fsdp' is set, but FSDP needs CUDA GPUs and this machine has none. To validate the recipe "
+                        'here, add --dry-run (composer recipes/train.py <recipe.yaml> --dry-run); to train on CPU without FSDP, '
+                        'remove parallelism_config (override ~parallelism_config).')
+    world = str(dry_run_gpus) if dry else os.environ.get('WORLD_SIZE', '1')
     if world.isdigit() and int(world) > 0:
         problems += _batch_size_problems(cfg, int(world), on_gpu)
     else:
         problems.append(f"The WORLD_SIZE environment variable is {world!r}, not a positive integer; unset it, or launch with composer -n N.")
-    problems += _missing_splits(cfg, train)
+    notes: list[str] = []
+    (notes if dry else problems).extend(_missing_splits(cfg, train))  # a dry run needs no data
     tok = cfg.tokenizer.name
     if tok is not None and _looks_like_path(tok) and not os.path.exists(os.path.expanduser(tok)):
         problems.append(f"tokenizer.name '{tok}' does not exist. Set tokenizer.name to a hub name (e.g. google/t5-v1_1-base), "
@@ -174,6 +190,7 @@ def preflight(cfg: TrainConfig, *, train: bool = True) -> None:
             problems += component_problems(kind, section, load=True)
     if problems:
         raise ConfigError(problems)
+    return notes
 
 
 def plan_data(cfg: TrainConfig) -> DataPlan:
@@ -196,12 +213,16 @@ def plan_data(cfg: TrainConfig) -> DataPlan:
 
 
 def _check_split_metadata(cfg: TrainConfig, plan: DataPlan, tokenizer: Any, expanded_length: int) -> None:
-    """Refuse data converted with another tokenizer or length (local splits; remote ones when cached)."""
-    from t5composer.data.metadata import check_split_metadata, read_split_metadata
-    from t5composer.data.locations import is_remote, split_location
+    """Refuse data converted with another tokenizer or length (local splits, and remote ones
+    through their ``t5composer_meta.json``, fetched like the shards)."""
+    import tempfile
+
+    from t5composer.data.locations import fetch_remote_file, is_remote, split_location
+    from t5composer.data.metadata import META_FILENAME, check_split_metadata, read_split_metadata
     from t5composer.tokenization import tokenizer_fingerprint
 
-    root = plan.local or (plan.remote if not is_remote(plan.remote) else None)
+    remote = plan.remote if is_remote(plan.remote) else None
+    root = remote or plan.local or plan.remote
     if root is None:
         return
     fingerprint = tokenizer_fingerprint(tokenizer)
@@ -209,10 +230,20 @@ def _check_split_metadata(cfg: TrainConfig, plan: DataPlan, tokenizer: Any, expa
         if not split:
             continue
         split_dir = split_location(root, split)
-        if plan.remote is not None and not os.path.isdir(split_dir):
-            continue  # not downloaded yet; streaming fetches it
         try:
-            meta = read_split_metadata(split_dir)
+            if remote is not None:
+                with tempfile.TemporaryDirectory() as tmp:
+                    try:
+                        fetch_remote_file(f'{split_dir}/{META_FILENAME}', os.path.join(tmp, META_FILENAME), timeout=cfg.data.download_timeout)
+                    except FileNotFoundError as e:
+                        raise FileNotFoundError(
+                            f'{split_dir} has no {META_FILENAME}: it was not converted by t5composer, or its conversion did not '
+                            f'finish. Convert it with: python recipes/convert_c4.py --out_root {remote} --splits {_hf_split_name(split)} '
+                            f'--tokenizer {plan.tokenizer_name} --input_length {cfg.data.input_length} --overwrite',
+                        ) from e
+                    meta = read_split_metadata(tmp)
+            else:
+                meta = read_split_metadata(split_dir)
             check_split_metadata(
                 meta,
                 tokenizer_fingerprint=fingerprint,
@@ -547,12 +578,19 @@ def build_trainer(
         from t5composer.callbacks.predictions import PredictionWriter
 
         callbacks.append(PredictionWriter(folder=predictions_folder or cfg.save_folder))
-    loggers = build_components('loggers', cfg.loggers) + list(extra_loggers)
     folder = _save_folder(cfg)
+    loggers = build_components('loggers', _with_default_log_dirs(cfg.loggers, folder)) + list(extra_loggers)
     if train and folder is not None:
         from t5composer.loggers import MetricsJSONL
 
         loggers.append(MetricsJSONL(path=os.path.join(folder, 'metrics.jsonl')))  # always: plots and post-mortems
+    if train:
+        from composer.callbacks import LRMonitor
+
+        if not any(isinstance(c, LRMonitor) for c in callbacks):
+            # Composer logs the learning rate only through LRMonitor; without it metrics.jsonl and
+            # every logger would lack the lr that plots (recipes/plot_runs.py) draw.
+            callbacks.append(LRMonitor())
     if not any(isinstance(a, GradientClipping) for a in algorithms):
         log.info('No gradient clipping configured (algorithms.gradient_clipping).')
 
@@ -588,7 +626,16 @@ def build_trainer(
         python_log_level=cfg.python_log_level,
         dist_timeout=cfg.dist_timeout,
         compile_config={} if cfg.compile else None,
+        parallelism_config=trainer_parallelism_config(cfg),
     )
+
+
+def trainer_parallelism_config(cfg: TrainConfig) -> Optional[dict[str, Any]]:
+    """The Trainer's ``parallelism_config`` argument: ``{'fsdp': {...}}``, or None without FSDP."""
+    par = cfg.parallelism_config
+    if par is None or par.fsdp is None:
+        return None
+    return {'fsdp': dict(par.fsdp)}
 
 
 def _save_folder(cfg: TrainConfig) -> Optional[str]:
@@ -598,6 +645,26 @@ def _save_folder(cfg: TrainConfig) -> Optional[str]:
     if cfg.save_folder is None or is_remote(cfg.save_folder):
         return None
     return format_name_with_dist(cfg.save_folder, cfg.run_name or '')
+
+
+def _with_default_log_dirs(section: dict[str, Optional[dict[str, Any]]], folder: Optional[str]) -> dict[str, Optional[dict[str, Any]]]:
+    """The ``loggers`` section with TensorBoard's ``log_dir`` defaulting to ``<save_folder>/tensorboard``.
+
+    Composer's own default (``./tensorboard_logs``) depends on the working directory; a run's
+    events belong beside its checkpoints and metrics.jsonl (``tensorboard --logdir runs`` then
+    shows every run). Without a local save folder Composer's default stays.
+
+    Args:
+        section: the config's ``loggers`` mapping (not modified).
+        folder: the run's local save folder, or None.
+    """
+    if folder is None or 'tensorboard' not in section:
+        return section
+    options = dict(section['tensorboard'] or {})
+    if options.get('log_dir') is not None:
+        return section
+    options['log_dir'] = os.path.join(folder, 'tensorboard')
+    return {**section, 'tensorboard': options}
 
 
 def _prepare_checkpoints(cfg: TrainConfig) -> Optional[str]:

@@ -558,6 +558,9 @@ CASES = [
          'Unknown algorithm', "'gradient_clip' in 'algorithms'", "Did you mean 'gradient_clipping'?"),
     Case('logger-unknown', 'loggers.tensorbord={}', checked('loggers.tensorbord={}'),
          'Unknown logger', "'tensorbord' in 'loggers'", "Did you mean 'tensorboard'?"),
+    Case('logger-package-missing', 'loggers.wandb={project: x} without wandb installed',
+         checked('loggers.wandb={project: x}', setup=lambda env: env.monkeypatch.setattr('t5composer.components._installed', lambda package: package != 'wandb')),
+         "needs the 'wandb' package, which is not installed", "'loggers.wandb'", 'pip install wandb'),
     # Paths (preflight / tokenizer loading).
     Case('load-path-missing', 'load_path=<tmp>/nope.pt', checked('load_path={tmp}/nope.pt'), 'does not exist', 'nope.pt', 'Point load_path at a Composer checkpoint'),
     Case('init-checkpoint-load-path-missing', 'model.init=checkpoint load_path=<tmp>/nope.pt', checked('model.init=checkpoint', 'load_path={tmp}/nope.pt'),

@@ -40,8 +40,34 @@ def test_missing_package_names_the_fix(monkeypatch):
         raise ImportError('no wandb', name='wandb')
 
     monkeypatch.setitem(components.LOGGERS, 'wandb', missing)
+    monkeypatch.setattr(components, '_installed', lambda package: True)  # past the by-name check, to the import
     with pytest.raises(ConfigError, match=r"'loggers.wandb' needs a package that is not installed \(wandb\); pip install it"):
         build_components('loggers', {'wandb': {}})
+
+
+@pytest.mark.parametrize('logger', ['wandb', 'mlflow'])
+def test_missing_logger_package_is_named_by_preflight_before_any_import(logger, monkeypatch):
+    from test_training import tiny
+
+    from t5composer import components
+    from t5composer.config import config_from_dict
+    from t5composer.training import preflight
+
+    def must_not_import():
+        raise AssertionError('the logger class was imported before the package check')
+
+    monkeypatch.setattr(components, '_installed', lambda package: package != logger)
+    monkeypatch.setitem(components.LOGGERS, logger, must_not_import)
+    with pytest.raises(ConfigError) as info:
+        preflight(config_from_dict(tiny(loggers={logger: {}, 'tensorboard': {}})))
+    assert str(info.value).count('needs the') == 1
+    assert (f"'loggers.{logger}' needs the '{logger}' package, which is not installed: pip install {logger} "
+            f"(or remove '{logger}' from 'loggers').") in str(info.value)
+
+
+def test_logger_option_typo_is_named():
+    with pytest.raises(ConfigError, match=r"Unknown key 'loggers.tensorboard.logdir'. Did you mean 'log_dir'\?"):
+        build_components('loggers', {'tensorboard': {'logdir': 'tb'}})
 
 
 def test_register_adds_a_component():

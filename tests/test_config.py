@@ -29,11 +29,39 @@ def _problems(overrides=(), base=None) -> str:
     return str(info.value)
 
 
-@pytest.mark.parametrize('name', ['pt_base.yaml', 'pt_base_adafactor.yaml', 'demo.yaml'])
+@pytest.mark.parametrize('name', sorted(p.name for p in (REPO / 'yamls').glob('*.yaml')))
 def test_shipped_recipes_validate(name):
     cfg = load_config(str(REPO / 'yamls' / name))
     assert cfg.optimizer.name
     assert cfg.max_duration
+
+
+# nanoT5's budget variants: batch 256 as two microbatches of 128, (warmup, total) per budget.
+BUDGETS = {4: (1666, 13333), 8: (3332, 26666), 12: (5000, 39999), 16: (6666, 53332), 20: (8332, 66665), 24: (10000, 79998)}
+
+
+@pytest.mark.parametrize('hours', sorted(BUDGETS))
+def test_budget_recipes_match_nanot5(hours):
+    cfg = load_config(str(REPO / 'yamls' / f'pt_{hours}h.yaml'))
+    warmup, total = BUDGETS[hours]
+    assert (cfg.global_train_batch_size, cfg.device_train_microbatch_size) == (256, 128)
+    assert cfg.max_duration == f'{total}ba' and cfg.scheduler.kwargs['t_warmup'] == f'{warmup}ba'
+    assert cfg.run_name == f'pt_{hours}h' and cfg.save_folder == f'runs/pt_{hours}h'
+    base = load_config(str(REPO / 'yamls' / 'pt_base.yaml'))  # everything else is pt_base's
+    assert (cfg.optimizer, cfg.model, cfg.data, cfg.precision, cfg.algorithms) == (base.optimizer, base.model, base.data, base.precision, base.algorithms)
+
+
+def test_base_key_inherits_and_reports_cycles(tmp_path):
+    (tmp_path / 'a.yaml').write_text('base: b.yaml\nrun_name: a\n')
+    (tmp_path / 'b.yaml').write_text('base: a.yaml\n')
+    with pytest.raises(ConfigError, match="'base:' recipes form a cycle"):
+        load_config(str(tmp_path / 'a.yaml'))
+    (tmp_path / 'c.yaml').write_text('base: missing.yaml\n')
+    with pytest.raises(ConfigError, match="'base: missing.yaml' in .* names no file"):
+        load_config(str(tmp_path / 'c.yaml'))
+    (tmp_path / 'd.yaml').write_text(f"base: {REPO / 'yamls' / 'demo.yaml'}\nrun_name: d\nmodel:\n  d_model: 64\n")
+    cfg = load_config(str(tmp_path / 'd.yaml'))
+    assert (cfg.run_name, cfg.model.d_model, cfg.model.num_heads, cfg.save_folder) == ('d', 64, 4, 'runs/d')
 
 
 def test_pt_base_matches_the_reference():

@@ -202,6 +202,40 @@ def test_build_and_step(name):
     assert all(g['lr'] == 1e-2 for g in opt.param_groups)
 
 
+@pytest.mark.parametrize('name', ['adamwscale', 'adamw', 'adafactor'])
+def test_step_with_a_closure_as_composer_calls_it(name):
+    # Composer passes forward + backward as the closure; transformers' Adafactor runs its step
+    # under no_grad, so the closure must get gradients back (it failed on the first batch).
+    torch.manual_seed(0)
+    model = TinyT5Block()
+    opt = build_optimizer(model, name=name, lr=1e-2)
+    before = [p.detach().clone() for p in model.parameters()]
+
+    def closure():
+        opt.zero_grad()
+        loss = model(torch.randn(3, 4)).pow(2).mean()
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    assert torch.is_tensor(loss) and loss.requires_grad
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()) if p.requires_grad)
+
+
+@pytest.mark.slow
+def test_adafactor_recipe_trains_through_composer():
+    from t5composer.config import config_from_dict
+    from t5composer.training import build_trainer
+    from test_training import tiny
+
+    trainer = build_trainer(config_from_dict(tiny(max_duration='3ba', eval_interval='3ba', optimizer={'name': 'adafactor', 'lr': 1e-2},
+                                                  scheduler={'name': 'inverse_sqrt'})))
+    trainer.fit()
+    assert int(trainer.state.timestamp.batch) == 3
+    assert torch.isfinite(trainer.state.eval_metrics['eval']['LanguageNLL'].compute())
+    trainer.close()
+
+
 def test_adafactor_settings():
     opt = build_optimizer(TinyT5Block(), name='adafactor', lr=1e-3)
     from transformers.optimization import Adafactor

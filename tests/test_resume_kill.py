@@ -133,6 +133,15 @@ def test_two_processes_killed_three_times_resume_bit_for_bit(reference, tmp_path
     ok(run(PRETRAIN, tmp_path / 'full', nproc=2, record=tmp_path / 'full.jsonl'))
     # Two processes split each global batch of 16 and see exactly the one-process run's samples.
     assert batches(tmp_path / 'full.jsonl') == batches(reference / 'full.jsonl')
+    rows = [json.loads(line) for line in (tmp_path / 'full.jsonl').read_text().splitlines()]
+    logged = {r['step']: r['loss/train/total'] for r in map(json.loads, (tmp_path / 'full' / 'metrics.jsonl').read_text().splitlines())
+              if 'loss/train/total' in r}
+    for batch in range(16):
+        ranks = {r['rank']: r for r in rows if r['batch'] == batch}
+        assert set(ranks) == {0, 1} and len(ranks[0]['rows']) == len(ranks[1]['rows']) == 8
+        assert not set(ranks[0]['rows']) & set(ranks[1]['rows'])  # disjoint halves
+        # The logged loss is the mean over the processes.
+        assert logged[batch] == pytest.approx((ranks[0]['loss'] + ranks[1]['loss']) / 2, rel=1e-6)
     killed_and_resumed(PRETRAIN, tmp_path / 'killed', KILLS['pretrain'], tmp_path / 'rows.jsonl', nproc=2)
     assert_same_training_state(tmp_path / 'full', tmp_path / 'killed')
 

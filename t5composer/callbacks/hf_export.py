@@ -40,7 +40,7 @@ class HFExport(Callback):
     """Export the model as a Hugging Face directory at the end of fit and optionally every ``interval``.
 
     Only global rank 0 writes; every rank takes part in gathering the weights (needed under
-    FSDP with ``fsdp_state_dict_type: full``).
+    FSDP with ``parallelism_config.fsdp.state_dict_type: full``).
 
     Args:
         folder: where exports go. ``{save_folder}`` is the Trainer's save folder (of its
@@ -103,7 +103,7 @@ class HFExport(Callback):
         weights = state.get_model_state_dict()  # collective under FSDP, local otherwise
         if dist.get_global_rank() == 0:
             if any(type(v).__name__ == 'DTensor' for v in weights.values()):
-                raise ValueError('hf_export needs full weights: set fsdp_state_dict_type to full.')
+                raise ValueError('hf_export needs full weights: set parallelism_config.fsdp.state_dict_type: full.')
             meta = next((cb for cb in state.callbacks if isinstance(cb, ModelMetadata)), None)
             config: Any = meta.config if meta is not None else getattr(state.model, 'config', None)
             tokenizer = (meta.tokenizer_files or None) if meta is not None else None

@@ -64,11 +64,32 @@ def _load_yaml_file(yaml_path: str) -> Any:
     return loaded
 
 
+def _load_recipe(yaml_path: str, chain: tuple[str, ...] = ()) -> Any:
+    """A recipe with its ``base:`` recipes merged underneath (``base`` is relative to the file).
+
+    ``base: pt_base.yaml`` lets a variant (pt_4h.yaml) state only what differs; mappings merge
+    key by key, lists and values replace.
+    """
+    here = os.path.abspath(yaml_path)
+    if here in chain:
+        raise ConfigError([f"'base:' recipes form a cycle: {' -> '.join(chain + (here,))}; remove one of the 'base:' keys."])
+    loaded = _load_yaml_file(yaml_path)
+    parent = loaded.pop('base', None)
+    if parent is None:
+        return loaded
+    if not isinstance(parent, str):
+        raise ConfigError([f"'base' in '{yaml_path}' must be the path of another recipe (relative to it), e.g. base: pt_base.yaml."])
+    parent_path = os.path.join(os.path.dirname(here), parent)
+    if not os.path.isfile(parent_path):
+        raise ConfigError([f"'base: {parent}' in '{yaml_path}' names no file ({parent_path}); give a path relative to '{yaml_path}'."])
+    return OmegaConf.merge(_load_recipe(parent_path, chain + (here,)), loaded)
+
+
 def _resolve(yaml_path: str | None, overrides: Sequence[str] = (), base: dict | None = None) -> dict:
     try:
         cfg = OmegaConf.create(base or {})
         if yaml_path is not None:
-            cfg = OmegaConf.merge(cfg, _load_yaml_file(yaml_path))
+            cfg = OmegaConf.merge(cfg, _load_recipe(yaml_path))
         removals = [item[1:] for item in overrides if item.startswith('~')]
         assignments = [item for item in overrides if not item.startswith('~')]
         for item in assignments:
@@ -282,6 +303,9 @@ def value_problems(cfg: TrainConfig) -> list[str]:
     p += _c4_problems(cfg) if isinstance(cfg.data, DataConfig) else _sni_problems(cfg)
     p += _init_problems(cfg)
     p += _range_problems(cfg)
+    from t5composer.config.parallelism import parallelism_problems
+
+    p += parallelism_problems(cfg)
     if cfg.autoresume and (cfg.run_name is None or cfg.save_folder is None):
         p.append("When setting 'autoresume: true' you must also set 'run_name' and 'save_folder'.")
     if cfg.nonfinite.max_skips < 0:

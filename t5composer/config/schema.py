@@ -14,7 +14,7 @@ from typing import Any, Literal, Optional, Union
 
 from t5composer.config.validation import required
 
-__all__ = ['TokenizerConfig', 'ModelConfig', 'DataConfig', 'SNIDataConfig', 'OptimizerConfig', 'SchedulerConfig', 'NonFiniteConfig', 'TrainConfig']
+__all__ = ['TokenizerConfig', 'ModelConfig', 'DataConfig', 'SNIDataConfig', 'OptimizerConfig', 'SchedulerConfig', 'NonFiniteConfig', 'ParallelismConfig', 'TrainConfig']
 
 
 @dataclass
@@ -182,6 +182,20 @@ class NonFiniteConfig:
 
 
 @dataclass
+class ParallelismConfig:
+    """Args:
+    fsdp: Composer's FSDP options, as llm-foundry writes them (sharding_strategy, mixed_precision,
+        activation_checkpointing, activation_checkpointing_reentrant, state_dict_type,
+        limit_all_gathers, ...); every key is checked against Composer 0.32's ``FSDPConfig``
+        (t5composer/config/parallelism.py). FSDP units are the T5 blocks (see
+        ``T5ForConditionalGeneration.fsdp_wrap_fn``); ``activation_checkpointing`` checkpoints
+        every block. Needs CUDA GPUs; ``recipes/train.py <recipe> --dry-run`` validates on CPU.
+    """
+
+    fsdp: Optional[dict[str, Any]] = None
+
+
+@dataclass
 class TrainConfig:
     """One pre-training run. See README for what each key does and yamls/ for examples."""
 
@@ -216,6 +230,7 @@ class TrainConfig:
     optimizer: OptimizerConfig = required()
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     nonfinite: NonFiniteConfig = field(default_factory=NonFiniteConfig)
+    parallelism_config: Optional[ParallelismConfig] = None
     algorithms: dict[str, Optional[dict[str, Any]]] = field(default_factory=dict)
     callbacks: dict[str, Optional[dict[str, Any]]] = field(default_factory=dict)
     loggers: dict[str, Optional[dict[str, Any]]] = field(default_factory=dict)

@@ -19,6 +19,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import tempfile
 import time
 from collections import Counter, deque
 from contextlib import ExitStack
@@ -183,11 +184,15 @@ def convert_c4(
     subset: str = 'en',
     encoder: str = 'auto',
     chunk_docs: int = 256,
+    local: Optional[str | os.PathLike] = None,
 ) -> dict[str, dict[str, Any]]:
     """Convert C4 splits to MDS token rows under ``out_root/{split}``.
 
     Args:
-        out_root: output directory; each split goes to ``out_root/{split}``.
+        out_root: output directory, or an object-store URL (``s3://bucket/c4``, any scheme
+            streaming uploads to); each split goes to ``out_root/{split}``. Remote shards are
+            uploaded as they are finished, then ``index.json``, then ``t5composer_meta.json``
+            (so a split is complete once its metadata exists).
         source: ``allenai/c4`` (the hub, subset ``subset``), an fsspec URL, or a local directory
             laid out like the hub's ``en/`` folder (``c4-train.*.json.gz``,
             ``c4-validation.*.json.gz``).
@@ -206,6 +211,8 @@ def convert_c4(
         encoder: tokenization backend: ``auto``, ``sentencepiece`` or ``tokenizers`` (see
             :class:`t5composer.tokenization.BatchEncoder`; both give the same ids).
         chunk_docs: lines per work item.
+        local: with a remote ``out_root``, where shards are staged before upload (a temporary
+            directory by default; each shard is deleted once uploaded).
 
     Returns:
         ``{split: metadata}`` (the contents of each split's ``t5composer_meta.json``).
@@ -218,7 +225,7 @@ def convert_c4(
     """
     import streaming  # noqa: F401  (imported here, ~3 s, so it does not count in the split's time)
 
-    from t5composer.data.metadata import make_split_metadata, write_split_metadata
+    from t5composer.data.metadata import META_FILENAME, make_split_metadata, write_split_metadata
     from t5composer.data.span_corruption import random_spans_helper
     from t5composer.tokenization import load_tokenizer, tokenizer_fingerprint
 
@@ -239,11 +246,19 @@ def convert_c4(
         raise ValueError(f'--input_length {input_length} is too small to hold one noise span and EOS; use at least 4 (512 is standard).')
     length, _ = random_spans_helper(input_length, noise_density, mean_noise_span_length)
 
-    out = Path(os.path.expanduser(str(out_root)))
-    existing = [s for s in splits if (out / s).exists()]
-    if existing and not overwrite:
+    from t5composer.data.locations import is_remote, remote_file_exists, split_location
+
+    remote = str(out_root).rstrip('/') if is_remote(str(out_root)) else None
+    if remote is not None:
+        # Shards are staged here and deleted once uploaded; split folders live in the store.
+        out = Path(os.path.expanduser(str(local))) if local is not None else Path(tempfile.mkdtemp(prefix='t5composer-convert-'))
+        existing_names = [split_location(remote, s) for s in splits if remote_file_exists(split_location(remote, s) + '/index.json')]
+    else:
+        out = Path(os.path.expanduser(str(out_root)))
+        existing_names = [str(out / s) for s in splits if (out / s).exists()]
+    if existing_names and not overwrite:
         raise FileExistsError(
-            f'{", ".join(str(out / s) for s in existing)} already exist(s); pass --overwrite '
+            f'{", ".join(existing_names)} already exist(s); pass --overwrite '
             '(overwrite=True) to replace, or choose another --out_root.'
         )
     try:
@@ -265,10 +280,16 @@ def convert_c4(
         tmp = out / f'.{split}.tmp-{os.getpid()}'
         shutil.rmtree(tmp, ignore_errors=True)
         try:
+            remote_split = split_location(remote, split) if remote is not None else None
+            if remote_split is not None and split_location(remote, split) in existing_names:
+                from t5composer.data.locations import delete_remote_prefix
+
+                delete_remote_prefix(remote_split)  # --overwrite: no old shard or index may survive
             stats, backend = _convert_split(
                 files=files[split], fs=fs, tmp=tmp, split=split, tokenizer=tok, length=length,
                 max_docs=max_docs, num_workers=num_workers, compression=compression,
                 size_limit=size_limit, progress=progress, encoder=encoder, chunk_docs=chunk_docs,
+                remote=remote_split,
             )
             _check_usable(stats, split=split, source=source, files=files[split], length=length)
             meta = make_split_metadata(
@@ -278,8 +299,15 @@ def convert_c4(
                 docs=stats.docs, tokens=stats.tokens, rows=stats.rows, dropped_tokens=len(stats.carry),
                 skipped_lines=stats.skipped, encoder=backend, seconds=time.perf_counter() - t0,
             )
+            tmp.mkdir(parents=True, exist_ok=True)  # a remote writer removes its staging folder when done
             write_split_metadata(tmp, meta)  # last: its presence marks a complete split
-            _move_into_place(tmp, out / split, overwrite=overwrite)
+            if remote_split is not None:
+                from t5composer.data.locations import upload_file
+
+                upload_file(str(tmp), remote_split, META_FILENAME)  # after the shards and index.json
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                _move_into_place(tmp, out / split, overwrite=overwrite)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -288,6 +316,8 @@ def convert_c4(
                         'were converted. If many lines were skipped, check --source.',
                         split, sum(stats.skipped.values()), dict(stats.skipped), min(_MAX_EXAMPLES, sum(stats.skipped.values())))
         results[split] = meta
+    if remote is not None and local is None:
+        shutil.rmtree(out, ignore_errors=True)  # the temporary staging directory
     return results
 
 
@@ -311,7 +341,7 @@ def _remove_dead_conversions(out: Path) -> None:
 def _convert_split(
     *, files: list[str], fs: Any, tmp: Path, split: str, tokenizer: Any, length: int,
     max_docs: Optional[int], num_workers: int, compression: Optional[str], size_limit: int | str,
-    progress: bool, encoder: str, chunk_docs: int,
+    progress: bool, encoder: str, chunk_docs: int, remote: Optional[str] = None,
 ) -> tuple[_SplitWriter, str]:
     """Write one split's rows into ``tmp``; return the counts and the encoder backend used."""
     from streaming import MDSWriter
@@ -323,7 +353,10 @@ def _convert_split(
     with ExitStack() as stack:
         pool = stack.enter_context(_worker_pool(num_workers, tokenizer, backend)) if num_workers > 1 else None
         writer = stack.enter_context(
-            MDSWriter(out=str(tmp), columns={'tokens': 'ndarray:uint16'}, compression=compression, size_limit=size_limit)
+            # Remote: each finished shard is uploaded (and deleted locally) while the next one fills;
+            # exist_ok lets a rerun write over the shards of a killed conversion (no index.json).
+            MDSWriter(out=(str(tmp), remote) if remote else str(tmp), columns={'tokens': 'ndarray:uint16'},
+                      compression=compression, size_limit=size_limit, keep_local=remote is None, exist_ok=remote is not None)
         )
         pbar = stack.enter_context(tqdm(total=max_docs, unit='doc', desc=split, disable=not progress, dynamic_ncols=True))
         stats = _SplitWriter(writer=writer, length=length, max_docs=max_docs, split=split, pbar=pbar)

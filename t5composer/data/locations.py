@@ -8,7 +8,10 @@ import threading
 import urllib.parse
 from typing import Any, Callable, Iterable, Optional
 
-__all__ = ['is_remote', 'split_location', 'remote_scheme_problem', 'remote_split_problems']
+__all__ = [
+    'is_remote', 'split_location', 'remote_scheme_problem', 'remote_split_problems', 'fetch_remote_file', 'remote_file_exists',
+    'upload_file', 'delete_remote_prefix',
+]
 
 
 def is_remote(path: Optional[str]) -> bool:
@@ -139,3 +142,78 @@ def remote_split_problems(remote: str, splits: list[str], *, timeout: float = 30
             if not this_object_only:
                 break  # the same store would fail the same way for the other splits
     return problems
+
+
+def fetch_remote_file(url: str, dest: str, *, timeout: float = 60.0) -> None:
+    """Download one object (s3://, gs://, ...) to ``dest`` with streaming's downloader.
+
+    The same code path as training's shards (S3_ENDPOINT_URL, credentials from the environment).
+
+    Raises:
+        FileNotFoundError: the object does not exist.
+    """
+    from streaming.base.storage.download import CloudDownloader
+
+    try:
+        CloudDownloader.direct_download(url, dest, timeout)
+    except Exception as e:
+        if _not_found(e) and not isinstance(e, FileNotFoundError):
+            raise FileNotFoundError(f'{url} does not exist ({e})') from e
+        raise
+
+
+def remote_file_exists(url: str, *, timeout: float = 60.0) -> bool:
+    """Whether the object at ``url`` exists (other errors, e.g. refused credentials, propagate)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            fetch_remote_file(url, os.path.join(tmp, 'object'), timeout=timeout)
+        except FileNotFoundError:
+            return False
+        except Exception as e:
+            if _not_found(e):
+                return False
+            raise
+    return True
+
+
+def _not_found(error: BaseException) -> bool:
+    """A missing object, whichever way the downloader says it (streaming's S3 path raises botocore's 404)."""
+    response = getattr(error, 'response', None)
+    code = str(response.get('Error', {}).get('Code', '')) if isinstance(response, dict) else ''
+    return isinstance(error, FileNotFoundError) or code in ('404', 'NoSuchKey', 'NotFound')
+
+
+def upload_file(local_dir: str, remote_dir: str, filename: str) -> None:
+    """Upload ``local_dir/filename`` to ``remote_dir/filename`` with streaming's uploader."""
+    import logging
+
+    from streaming.base.storage import CloudUploader
+
+    # The uploader warns that local_dir is not empty, which is the point here.
+    upload_log = logging.getLogger('streaming.base.storage.upload')
+    level = upload_log.level
+    upload_log.setLevel(logging.ERROR)
+    try:
+        uploader = CloudUploader.get(out=(local_dir, remote_dir), keep_local=True, exist_ok=True)
+    finally:
+        upload_log.setLevel(level)
+    uploader.upload_file(filename)
+
+
+def delete_remote_prefix(remote_dir: str) -> int:
+    """Delete every object under ``remote_dir`` (s3:// only); returns how many were deleted."""
+    parsed = urllib.parse.urlparse(remote_dir)
+    if parsed.scheme != 's3':
+        raise ValueError(f'Replacing {remote_dir} needs deleting it first, which t5composer does for s3:// only; '
+                         'delete it with your storage tools, then convert again.')
+    import boto3
+
+    client = boto3.session.Session().client('s3', endpoint_url=os.environ.get('S3_ENDPOINT_URL'))
+    prefix = parsed.path.lstrip('/').rstrip('/') + '/'
+    deleted = 0
+    for page in client.get_paginator('list_objects_v2').paginate(Bucket=parsed.netloc, Prefix=prefix):
+        keys = [{'Key': o['Key']} for o in page.get('Contents', [])]
+        if keys:
+            client.delete_objects(Bucket=parsed.netloc, Delete={'Objects': keys})
+            deleted += len(keys)
+    return deleted

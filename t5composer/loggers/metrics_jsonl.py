@@ -2,8 +2,8 @@
 
 One line per ``log_metrics`` call: ``{"step": 120, "loss/train/total": 3.21, ...}``. A resumed
 run appends to the same file, so a step redone after a kill appears twice; readers keep the last
-line for a step. Plain JSON lines outlive any logging service and are what
-``recipes/plot_runs.py``-style tools read.
+line for a step (``t5composer.plotting.read_metrics`` does). Plain JSON lines outlive any logging
+service and are what ``recipes/plot_runs.py`` reads.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class MetricsJSONL(LoggerDestination):
             self._file = open(self.path, 'a', buffering=1)  # line-buffered: a kill loses at most a line
 
     def log_metrics(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:
-        if self._file is None:
+        if self._file is None or not metrics:  # Composer logs some empty dicts; a bare step says nothing
             return
         row = {'step': step}
         row.update({k: _plain(v) for k, v in metrics.items()})

@@ -709,8 +709,15 @@ class T5ForConditionalGeneration(nn.Module):
     # Composer looks these up on the ComposerModel's children when FSDP / activation
     # checkpointing is configured through the Trainer: one unit per block.
     def fsdp_wrap_fn(self, module: nn.Module) -> bool:
-        """FSDP auto-wrap policy: wrap each :class:`T5Block`."""
-        return isinstance(module, T5Block)
+        """FSDP auto-wrap policy: wrap each :class:`T5Block` but the first of each stack.
+
+        Block 0 owns the relative position bias table, and :class:`T5Stack` computes the bias
+        from it once per forward, *outside* block 0's forward. A separately wrapped block 0
+        would still be sharded at that moment (FULL_SHARD fails with "'weight' must be 2-D"),
+        so the first blocks stay in the root unit with the embeddings and the lm_head, whose
+        parameters are gathered for the whole forward and backward.
+        """
+        return isinstance(module, T5Block) and not module.layer[0].SelfAttention.has_relative_attention_bias
 
     def activation_checkpointing_fn(self, module: nn.Module) -> bool:
         """Composer's activation checkpointing policy: checkpoint each :class:`T5Block`."""

@@ -71,11 +71,9 @@ def build_adafactor(
         warmup_init: warmup variant of the relative step.
 
     Returns:
-        ``transformers.optimization.Adafactor``.
+        ``transformers.optimization.Adafactor``, whose ``step`` runs a closure with gradients on.
     """
-    from transformers.optimization import Adafactor  # imported lazily: transformers is slow to import
-
-    return Adafactor(
+    return _adafactor_class()(
         params,
         lr=lr,
         eps=eps,
@@ -87,6 +85,32 @@ def build_adafactor(
         relative_step=relative_step,
         warmup_init=warmup_init,
     )
+
+
+_ADAFACTOR: list[type] = []
+
+
+def _adafactor_class() -> type:
+    """transformers' Adafactor, with a ``step`` that runs the closure with gradients enabled.
+
+    Its ``step`` is decorated with ``@torch.no_grad()`` and calls the closure inside it; Composer
+    passes the whole forward and backward as that closure (every precision but fp16), which then
+    fails with "element 0 of tensors does not require grad". Built lazily: transformers is slow to import.
+    """
+    if not _ADAFACTOR:
+        from transformers.optimization import Adafactor as HFAdafactor
+
+        class Adafactor(HFAdafactor):
+            def step(self, closure: Any = None) -> Any:
+                loss = None
+                if closure is not None:
+                    with torch.enable_grad():
+                        loss = closure()
+                super().step()
+                return loss
+
+        _ADAFACTOR.append(Adafactor)
+    return _ADAFACTOR[0]
 
 
 def is_no_decay(name: str, param: torch.Tensor) -> bool:

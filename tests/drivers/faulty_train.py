@@ -6,7 +6,7 @@ Environment:
         ``kill_after_save:N`` (SIGKILL once batch N's checkpoint is in place, before the
         ``latest`` link is updated). The whole process group dies at once, launcher and
         dataloader workers included, as when a machine is pre-empted.
-    T5C_RECORD: a JSONL file; every rank appends, per batch, the hashes of its rows.
+    T5C_RECORD: a JSONL file; every rank appends, per batch, the hashes of its rows and its loss.
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ class RecordBatches(Callback):
         hashes = [hashlib.sha1(r.cpu().numpy().tobytes() + l.cpu().numpy().tobytes()).hexdigest()[:16]
                   for r, l in zip(rows, state.batch['labels'])]
         with open(self.path, 'a') as f:
-            f.write(json.dumps({'rank': dist.get_global_rank(), 'batch': int(state.timestamp.batch), 'rows': hashes}) + '\n')
+            f.write(json.dumps({'rank': dist.get_global_rank(), 'batch': int(state.timestamp.batch), 'rows': hashes,
+                                'loss': float(state.loss)}) + '\n')
 
 
 def main() -> int:

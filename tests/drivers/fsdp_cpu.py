@@ -1,0 +1,84 @@
+"""Train step of a tiny T5 under real FSDP (FULL_SHARD, 2 CPU processes over gloo), wrapped the way Composer wraps it.
+
+Composer's ``prepare_fsdp_module`` needs CUDA (it passes ``torch.cuda.current_device()``), so
+this applies the same rules by hand: the model's ``fsdp_wrap_fn`` as the auto-wrap policy and
+its ``activation_checkpointing_fn`` for non-reentrant checkpoint wrappers inside the units.
+Each rank takes half of a batch; the gathered gradients must equal those of the unwrapped model
+on the whole batch. Prints one JSON line per rank.
+
+    python tests/drivers/fsdp_cpu.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+def _rank(rank: int, world: int, port: int) -> None:
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        CheckpointImpl, CheckpointWrapper, apply_activation_checkpointing, checkpoint_wrapper)
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp import ShardingStrategy
+    from torch.distributed.fsdp.wrap import CustomPolicy
+
+    # Not t5composer.models: its __init__ imports Composer (seconds), which this needs not.
+    from t5composer.models.presets import load_model_config
+    from t5composer.models.t5 import T5ForConditionalGeneration
+
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    dist.init_process_group('gloo', rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    config = load_model_config('google/t5-v1_1-small', d_model=32, d_kv=8, d_ff=64, num_heads=4, num_layers=3,
+                               vocab_size=128, dropout_rate=0.0)
+    torch.manual_seed(0)
+    reference = T5ForConditionalGeneration(config)
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(config)
+    inputs = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(1))
+    labels = torch.randint(0, 128, (4, 5), generator=torch.Generator().manual_seed(2))
+    reference(input_ids=inputs, labels=labels).loss.backward()
+
+    wrapped = FSDP(model, auto_wrap_policy=CustomPolicy(model.fsdp_wrap_fn), sharding_strategy=ShardingStrategy.FULL_SHARD,
+                   device_id=torch.device('cpu'), use_orig_params=True)
+    apply_activation_checkpointing(
+        wrapped,
+        checkpoint_wrapper_fn=lambda m: checkpoint_wrapper(m, checkpoint_impl=CheckpointImpl.NO_REENTRANT),
+        check_fn=lambda m: not isinstance(m, FSDP) and model.activation_checkpointing_fn(m),
+    )
+    half = slice(rank * 2, rank * 2 + 2)
+    result: dict = {'rank': rank}
+    try:
+        wrapped(input_ids=inputs[half], labels=labels[half]).loss.backward()
+        with FSDP.summon_full_params(wrapped, with_grads=True):
+            grads = {n.replace('_fsdp_wrapped_module.', '').replace('_checkpoint_wrapped_module.', ''): p.grad
+                     for n, p in wrapped.named_parameters()}
+            result['max_grad_diff'] = max(float((grads[n] - p.grad).abs().max()) for n, p in reference.named_parameters())
+            result['compared'] = sum(1 for n, _ in reference.named_parameters() if n in grads)
+            result['parameters'] = len(list(reference.named_parameters()))
+        result['fsdp_units'] = sum(isinstance(m, FSDP) for m in wrapped.modules())
+        result['checkpointed'] = sum(isinstance(m, CheckpointWrapper) for m in wrapped.modules())
+    except Exception as e:  # reported, not raised: the test shows what failed
+        result['error'] = f'{type(e).__name__}: {e}'
+    sys.stdout.write(json.dumps(result) + '\n')  # one write: the two ranks share stdout
+    sys.stdout.flush()
+    dist.destroy_process_group()
+
+
+def main() -> None:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    mp.spawn(_rank, args=(2, port), nprocs=2)
+
+
+if __name__ == '__main__':
+    main()
