@@ -248,6 +248,14 @@ class BatchEncoder:
                 )
         self.backend = 'sentencepiece' if self._sp is not None else 'tokenizers'
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled to conversion workers: only the backend in use travels, so a worker needs neither
+        # transformers (seconds to import) nor, for sentencepiece, the tokenizers library.
+        state = dict(self.__dict__)
+        if self._sp is not None:
+            state['_backend_tokenizer'] = None
+        return state
+
     def __call__(self, texts: Sequence[str]) -> list[list[int]]:
         """Ids of each text (no EOS).
 

@@ -164,6 +164,7 @@ def preflight(cfg: TrainConfig, *, train: bool = True, dry_run_gpus: Optional[in
             what = 'does not exist' if not os.path.exists(model_path) else 'has no config.json'
             problems.append(f"model.name '{cfg.model.name}' {what}. Set model.name to a built-in config (google/t5-v1_1-small, -base, "
                             '-large, -xl, -xxl), a Hugging Face model directory with config.json, or a hub name.')
+    problems += _attn_impl_problems(cfg)
     load_path = cfg.load_path
     if load_path and '://' not in load_path and '{' not in load_path:  # '{rank}'-style names are formatted by Composer
         if cfg.model.init == 'checkpoint' and not os.path.isfile(load_path):
@@ -191,6 +192,25 @@ def preflight(cfg: TrainConfig, *, train: bool = True, dry_run_gpus: Optional[in
     if problems:
         raise ConfigError(problems)
     return notes
+
+
+def _attn_impl_problems(cfg: TrainConfig) -> list[str]:
+    """FlexAttention (model.attn_impl flex / flex_dense) has no attention dropout and refuses activation checkpointing."""
+    impl = cfg.model.attn_impl
+    if impl == 'sdpa':
+        return []
+    problems = []
+    if cfg.model.dropout_rate is None or cfg.model.dropout_rate > 0:
+        # Explicitly 0: the built-in v1.1 configs default to 0.1.
+        problems.append(f"model.attn_impl={impl!r} has no attention dropout, but model.dropout_rate is {cfg.model.dropout_rate} "
+                        "(null keeps the config's, 0.1 for the built-in v1.1 configs); set model.dropout_rate=0 (as pre-training "
+                        'does) or model.attn_impl=sdpa.')
+    fsdp = cfg.parallelism_config.fsdp if cfg.parallelism_config is not None else None
+    if cfg.model.gradient_checkpointing or (fsdp or {}).get('activation_checkpointing'):
+        problems.append(f"model.attn_impl={impl!r} cannot be combined with activation checkpointing (torch 2.7's FlexAttention "
+                        'gives the position table wrong gradients under it); set model.attn_impl=sdpa, or turn off '
+                        'model.gradient_checkpointing / parallelism_config.fsdp.activation_checkpointing.')
+    return problems
 
 
 def plan_data(cfg: TrainConfig) -> DataPlan:
@@ -554,6 +574,7 @@ def build_trainer(
             pretrained=cfg.model.name if cfg.model.init == 'hf' else None,
             lm_head_init_std=cfg.model.lm_head_init_std,
             gradient_checkpointing=cfg.model.gradient_checkpointing,
+            attn_impl=cfg.model.attn_impl,
             generation=generation,
             revision=cfg.model.revision,
         )

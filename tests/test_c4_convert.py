@@ -186,6 +186,18 @@ def _strip_volatile(meta: dict) -> dict:
     return {k: v for k, v in meta.items() if k not in ('created', 'seconds')}
 
 
+@pytest.mark.parametrize('length', [L64, L, 300])  # shape header of 1 or 2 bytes
+def test_row_bytes_equal_streaming_encoding(length):
+    # Rows are written as pre-encoded bytes; they must be what MDS's own encoder makes of them.
+    from streaming.base.format.mds.encodings import mds_decode, mds_encode
+
+    rows = np.random.default_rng(0).integers(0, 65536, size=(5, length)).astype(np.uint16)
+    writer = c4_convert._SplitWriter(writer=None, length=length, max_docs=None, split='train', pbar=None)
+    encoded = list(writer._make_row_encoder(rows[0])(rows))
+    assert encoded == [mds_encode(c4_convert.ROW_ENCODING, r) for r in rows]
+    np.testing.assert_array_equal(mds_decode(c4_convert.ROW_ENCODING, encoded[3]), rows[3])
+
+
 def test_two_workers_identical_and_tokenizers_backend(converted, c4_dir, tok_dir, tmp_path):
     out, meta = converted
     meta2 = convert_c4(source=str(c4_dir[0]), out_root=tmp_path / 'w2', tokenizer=str(tok_dir), input_length=64,

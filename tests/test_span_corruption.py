@@ -13,10 +13,14 @@ from t5composer.data.span_corruption import (
     SpanCorruptionCollator,
     batch_random_spans_noise_mask,
     noise_span_counts,
-    per_example_span_corruption,
     random_spans_helper,
-    reference_random_spans_noise_mask,
     row_keys,
+)
+from t5composer.data.span_corruption_reference import (
+    create_sentinel_ids,
+    filter_input_ids,
+    per_example_span_corruption,
+    reference_random_spans_noise_mask,
 )
 
 # T5 vocabulary layout: <extra_id_k> = 32099 - k; EOS = 1; pad/decoder start = 0.
@@ -200,13 +204,76 @@ def test_short_rows():
 
 
 def test_per_example_reference_outputs_are_valid():
+    # The HF-style reference is a correct span corruption at T5-base shapes.
     samples = make_samples(8)
     tokens = np.stack([s['tokens'] for s in samples])
-    out = per_example_span_corruption(tokens, sentinel_ids=SENTINELS, eos_id=EOS, rng=np.random.default_rng(0))
-    assert out['input_ids'].shape == (8, 512) and out['labels'].shape == (8, 114)
+    out = per_example_span_corruption(tokens, sentinel_ids=SENTINELS, eos_id=EOS, rng=np.random.RandomState(0))
+    expanded, targets = random_spans_helper(512, 0.15, 3.0)
+    assert tokens.shape[1] == expanded
+    assert out['input_ids'].shape == (8, 512) and out['labels'].shape == (8, targets)
+    assert out['decoder_input_ids'].shape == (8, targets)
+    assert (out['decoder_input_ids'][:, 0] == 0).all()
     np.testing.assert_array_equal(out['decoder_input_ids'][:, 1:], out['labels'][:, :-1])
+    num_noise, num_spans = noise_span_counts(LENGTH, 0.15, 3.0)
+    sentinel_set = set(SENTINELS)
     for i in range(8):
+        in_sentinels, _ = split_on_sentinels(out['input_ids'][i], sentinel_set)
+        tg_sentinels, tg_runs = split_on_sentinels(out['labels'][i], sentinel_set)
+        assert in_sentinels == tg_sentinels == SENTINELS[:num_spans]  # <extra_id_0>, <extra_id_1>, ... in order
+        assert sum(len(r) for r in tg_runs) - 1 == num_noise  # noise tokens + the final EOS
         np.testing.assert_array_equal(reconstruct(out['input_ids'][i], out['labels'][i]), tokens[i])
+
+
+def test_reference_sentinel_ids_and_filter_by_hand():
+    # mask 0 1 1 0 1: <extra_id_0> at 1 (2 dropped), <extra_id_1> at 4.
+    mask = np.array([0, 1, 1, 0, 1], dtype=np.int8)
+    sentinels = np.array(SENTINELS)
+    ids = create_sentinel_ids(mask, sentinels)
+    assert ids.tolist() == [0, SENTINELS[0], -1, 0, SENTINELS[1]]
+    row = np.array([10, 11, 12, 13, 14])
+    assert filter_input_ids(row, ids, EOS).tolist() == [10, SENTINELS[0], 13, SENTINELS[1], EOS]
+    labels_ids = create_sentinel_ids(1 - mask, sentinels)
+    assert filter_input_ids(row, labels_ids, EOS).tolist() == [SENTINELS[0], 11, 12, SENTINELS[1], 14, EOS]
+
+
+def _output_runs(batch: dict, n: int) -> dict[str, np.ndarray]:
+    """Structure of span-corrupted outputs: noise span lengths, kept-run lengths, first sentinel position."""
+    sentinel_set = set(SENTINELS)
+    spans, kept, first = [], [], []
+    for i in range(n):
+        inp, lab = np.asarray(batch['input_ids'][i]), np.asarray(batch['labels'][i])
+        _, in_runs = split_on_sentinels(inp[:-1], sentinel_set)
+        _, tg_runs = split_on_sentinels(lab[:-1], sentinel_set)
+        spans += [len(r) for r in tg_runs[1:]]
+        kept += [len(r) for r in in_runs[:-1]]  # the run before each sentinel (the last run is empty)
+        first.append(len(in_runs[0]))
+    return {'span_lengths': np.asarray(spans), 'kept_lengths': np.asarray(kept), 'first_sentinel': np.asarray(first)}
+
+
+def test_reference_and_collator_outputs_have_the_same_statistics():
+    # Different RNG streams, so compare the structure of the outputs, not their values.
+    n = 1500
+    samples = make_samples(n)
+    tokens = np.stack([s['tokens'] for s in samples])
+    ours = make_collator()(samples)
+    ref = per_example_span_corruption(tokens, sentinel_ids=SENTINELS, eos_id=EOS, rng=np.random.RandomState(1))
+    for k in ('input_ids', 'labels', 'decoder_input_ids'):
+        assert tuple(ours[k].shape) == ref[k].shape
+    a, b = _output_runs(ours, n), _output_runs(ref, n)
+    assert len(a['span_lengths']) == len(b['span_lengths']) == 28 * n
+    assert a['span_lengths'].sum() == b['span_lengths'].sum() == 85 * n  # noise fraction 85/568 in every row
+    assert a['kept_lengths'].min() >= 1 and b['kept_lengths'].min() >= 1
+    assert a['span_lengths'].min() >= 1 and b['span_lengths'].min() >= 1
+    # Each run length is one part of a uniform random composition (85 noise tokens or 483 kept
+    # tokens into 28 parts): both implementations must match its exact distribution.
+    for key, total in (('span_lengths', 85), ('kept_lengths', 483), ('first_sentinel', 483)):
+        pmf = _composition_part_pmf(total, 28)
+        for name, runs in (('collator', a), ('reference', b)):
+            counts = np.bincount(runs[key], minlength=total + 1)[: total + 1].astype(float)
+            stat, dof = _chi_square(counts, pmf * len(runs[key]))
+            assert _chi_square_ok(stat, dof), (name, key, stat, dof)
+    x, y = a['first_sentinel'].astype(float), b['first_sentinel'].astype(float)
+    assert abs(x.mean() - y.mean()) < 5 * math.sqrt(x.var() / n + y.var() / n)
 
 
 # ---------------------------------------------------------------------------------------------

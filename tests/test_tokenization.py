@@ -148,6 +148,25 @@ def test_batch_encoder_backends(tiny_tok_dir, tmp_path, demo_texts):
         BatchEncoder(tok2, backend='sentencepiece')
 
 
+def test_batch_encoder_pickles_without_transformers(tiny_tok_dir, tmp_path):
+    # Conversion workers get the pickled encoder: same ids, and no transformers import (seconds
+    # of start-up per worker); the sentencepiece encoder does not even carry the tokenizers object.
+    import pickle
+
+    tok = load_tokenizer(tiny_tok_dir)
+    texts = ['Hello world.', 'Lists are  mutable sequences.\n\nNew paragraph', 'é ñ ü x']
+    for backend in ('sentencepiece', 'tokenizers'):
+        enc = BatchEncoder(tok, backend=backend)
+        blob = tmp_path / f'{backend}.pkl'
+        blob.write_bytes(pickle.dumps(enc))
+        assert pickle.loads(blob.read_bytes())(texts) == enc(texts)
+        code = ('import pickle, sys; enc = pickle.load(open(sys.argv[1], "rb")); '
+                'print(enc(sys.argv[2:]), "transformers" in sys.modules, "tokenizers" in sys.modules)')
+        out = subprocess.run([sys.executable, '-c', code, str(blob), *texts], cwd=REPO, capture_output=True, text=True, check=True)
+        assert out.stdout.split('] ')[-1].split() == ['False', str(backend == 'tokenizers')], out.stdout
+        assert out.stdout.startswith(str(enc(texts)))
+
+
 def test_train_tokenizer_recipe(tmp_path, demo_texts):
     src = tmp_path / 'corpus.txt'
     src.write_text('\n'.join(demo_texts[:20]), encoding='utf-8')

@@ -41,6 +41,10 @@ class ModelConfig:
     lm_head_init_std: std of the untied lm_head at init; null keeps the reference's 1.0
         (first loss ~60). d_model**-0.5 is the common alternative.
     gradient_checkpointing: recompute block activations in backward to save memory.
+    attn_impl: self-attention kernel of unpadded batches: ``sdpa`` (default), or FlexAttention
+        with the position bias looked up per score, ``flex`` (bucket table) or ``flex_dense``
+        (an [H, L, L] bias per forward); the flex ones need dropout_rate 0. See
+        docs/performance.md for which is faster where.
     vocab_size: an integer, or ``tokenizer`` for the tokenizer's size rounded up to a multiple
         of 128 (for tokenizers trained in-house).
     The remaining keys override the named config; null keeps the config's value.
@@ -51,6 +55,7 @@ class ModelConfig:
     revision: Optional[str] = None
     lm_head_init_std: Optional[float] = None
     gradient_checkpointing: bool = False
+    attn_impl: Literal['sdpa', 'flex', 'flex_dense'] = 'sdpa'
     vocab_size: Union[int, Literal['tokenizer'], None] = None
     d_model: Optional[int] = None
     d_kv: Optional[int] = None
@@ -66,7 +71,7 @@ class ModelConfig:
 
     def config_overrides(self) -> dict[str, Any]:
         """The T5Config attributes this section sets."""
-        own = {'name', 'init', 'revision', 'lm_head_init_std', 'gradient_checkpointing', 'vocab_size'}
+        own = {'name', 'init', 'revision', 'lm_head_init_std', 'gradient_checkpointing', 'attn_impl', 'vocab_size'}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in own and v is not None}
 
 

@@ -24,8 +24,6 @@ __all__ = [
     'row_keys',
     'batch_random_spans_noise_mask',
     'SpanCorruptionCollator',
-    'reference_random_spans_noise_mask',
-    'per_example_span_corruption',
 ]
 
 # splitmix64 constants (Steele, Lea & Flood 2014 / Vigna).
@@ -482,96 +480,3 @@ class SpanCorruptionCollator:
         keys = row_keys(self.seed, epochs, indices)
         out = self.corrupt(tokens, keys)
         return {name: torch.from_numpy(arr) for name, arr in out.items()}
-
-
-# --------------------------------------------------------------------------------------------
-# Straightforward per-example reference (HF run_t5_mlm_flax style), for tests and benchmarks
-# --------------------------------------------------------------------------------------------
-def reference_random_spans_noise_mask(
-    length: int,
-    noise_density: float,
-    mean_noise_span_length: float,
-    rng: np.random.Generator | np.random.RandomState | None = None,
-) -> np.ndarray:
-    """One row's noise mask, the plain per-example way (shuffle-based random segmentation).
-
-    Args:
-        length: row length.
-        noise_density: fraction of tokens that are noise.
-        mean_noise_span_length: average noise span length.
-        rng: numpy Generator/RandomState; None uses the global ``np.random`` (as HF does).
-
-    Returns:
-        bool ``[length]``.
-    """
-    shuffle = (rng if rng is not None else np.random).shuffle
-    num_noise, num_spans = noise_span_counts(length, noise_density, mean_noise_span_length)
-    num_nonnoise = length - num_noise
-
-    def random_segmentation(num_items: int, num_segments: int) -> np.ndarray:
-        first_in_segment = np.arange(num_items - 1) < (num_segments - 1)
-        shuffle(first_in_segment)
-        first_in_segment = np.pad(first_in_segment, [[1, 0]])
-        segment_id = np.cumsum(first_in_segment)
-        _, segment_length = np.unique(segment_id, return_counts=True)
-        return segment_length
-
-    noise_span_lengths = random_segmentation(num_noise, num_spans)
-    nonnoise_span_lengths = random_segmentation(num_nonnoise, num_spans)
-    interleaved = np.reshape(np.stack([nonnoise_span_lengths, noise_span_lengths], axis=1), [num_spans * 2])
-    span_starts = np.cumsum(interleaved)[:-1]
-    span_start_indicator = np.zeros((length,), dtype=np.int8)
-    span_start_indicator[span_starts] = True
-    span_num = np.cumsum(span_start_indicator)
-    is_noise = np.equal(span_num % 2, 1)
-    return is_noise[:length]
-
-
-def per_example_span_corruption(
-    tokens: Any,
-    *,
-    sentinel_ids: Sequence[int],
-    eos_id: int,
-    decoder_start_id: int = 0,
-    noise_density: float = 0.15,
-    mean_noise_span_length: float = 3.0,
-    rng: np.random.Generator | np.random.RandomState | None = None,
-) -> dict[str, np.ndarray]:
-    """Per-example span corruption with numpy RNG: the baseline the collator is measured against.
-
-    For each row: draw a mask, mark span starts, replace each span by its sentinel and drop the
-    rest of the span (inputs), and the same on the inverted mask (labels); append EOS.
-
-    Args:
-        tokens: ``[B, L]`` int rows.
-        sentinel_ids: ids of ``<extra_id_0>, <extra_id_1>, ...``.
-        eos_id: id appended to inputs and labels.
-        decoder_start_id: first decoder input id.
-        noise_density: fraction of tokens that are noise.
-        mean_noise_span_length: average noise span length.
-        rng: numpy Generator/RandomState; None uses the global ``np.random``.
-
-    Returns:
-        dict of int64 arrays ``input_ids``, ``labels``, ``decoder_input_ids``.
-    """
-    sentinels = np.asarray(list(sentinel_ids), dtype=np.int64)
-
-    def filter_ids(row: np.ndarray, keep_mask: np.ndarray) -> np.ndarray:
-        # keep_mask marks the tokens that are replaced by sentinels; each run -> one sentinel.
-        starts = keep_mask & ~np.concatenate([[False], keep_mask[:-1]])
-        span_index = np.cumsum(starts) - 1
-        out = np.where(starts, sentinels[np.clip(span_index, 0, None)], row)
-        drop = keep_mask & ~starts
-        return np.concatenate([out[~drop], [eos_id]])
-
-    inputs, labels = [], []
-    for row in np.asarray(tokens, dtype=np.int64):
-        mask = reference_random_spans_noise_mask(len(row), noise_density, mean_noise_span_length, rng)
-        inputs.append(filter_ids(row, mask))
-        labels.append(filter_ids(row, ~mask))
-    labels_arr = np.stack(labels)
-    decoder_input_ids = np.concatenate(
-        [np.full((labels_arr.shape[0], 1), decoder_start_id, dtype=np.int64), labels_arr[:, :-1]],
-        axis=1,
-    )
-    return {'input_ids': np.stack(inputs), 'labels': labels_arr, 'decoder_input_ids': decoder_input_ids}

@@ -19,7 +19,7 @@ from composer.models import ComposerModel
 from torchmetrics import Metric
 
 from t5composer.models.metrics import LanguageNLL, TokenAccuracy
-from t5composer.models.t5 import T5ForConditionalGeneration, shift_right
+from t5composer.models.t5 import T5ForConditionalGeneration, shift_right, ties_word_embeddings
 
 __all__ = ['ComposerT5', 'GenerationEval', 'build_composer_t5', 't5_flops_per_batch']
 
@@ -264,6 +264,7 @@ def build_composer_t5(
     gradient_checkpointing: bool = False,
     generation: GenerationEval | None = None,
     revision: str | None = None,
+    attn_impl: str = 'sdpa',
 ) -> ComposerT5:
     """Build the Composer model.
 
@@ -277,10 +278,12 @@ def build_composer_t5(
         gradient_checkpointing: recompute each block's activations in backward.
         generation: evaluate by greedy generation too (fine-tuning); None for pre-training.
         revision: with a hub name, the branch, tag or commit to take the weights from.
+        attn_impl: self-attention through ``'sdpa'``, ``'flex'`` or ``'flex_dense'`` (see
+            :meth:`T5ForConditionalGeneration.set_attn_impl`).
     """
     if init not in ('random', 'pretrained'):
         raise ValueError(f"init must be 'random' or 'pretrained', got {init!r}.")
-    model = T5ForConditionalGeneration(config, lm_head_std=lm_head_init_std)
+    model = T5ForConditionalGeneration(config, lm_head_std=lm_head_init_std, attn_impl=attn_impl)
     if init == 'pretrained':
         if not pretrained:
             raise ValueError("init='pretrained' needs pretrained=<weights file, directory or hub name>.")
@@ -288,7 +291,7 @@ def build_composer_t5(
         # HF checkpoints often omit the tied copies (encoder/decoder.embed_tokens, tied lm_head).
         state.setdefault('encoder.embed_tokens.weight', state['shared.weight'])
         state.setdefault('decoder.embed_tokens.weight', state['shared.weight'])
-        if config.tie_word_embeddings:
+        if ties_word_embeddings(config):
             state.setdefault('lm_head.weight', state['shared.weight'])
         model.load_state_dict(state, strict=True)
     model.set_gradient_checkpointing(gradient_checkpointing)

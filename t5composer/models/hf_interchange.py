@@ -51,9 +51,9 @@ def hf_state_dict(state_dict: Mapping[str, torch.Tensor], *, config: transformer
     Raises:
         ValueError: keys or shapes that do not match a T5 of ``config`` (listing them).
     """
-    from t5composer.models.t5 import T5ForConditionalGeneration
+    from t5composer.models.t5 import T5ForConditionalGeneration, ties_word_embeddings
 
-    dropped = set(_TIED_EMBEDDING_KEYS) | ({'lm_head.weight'} if config.tie_word_embeddings else set())
+    dropped = set(_TIED_EMBEDDING_KEYS) | ({'lm_head.weight'} if ties_word_embeddings(config) else set())
     with torch.device('meta'):  # shapes only: nothing is allocated or initialised for real
         expected = {k: v.shape for k, v in T5ForConditionalGeneration(config).state_dict().items() if k not in dropped}
     tensors = {k: v for k, v in state_dict.items() if k not in dropped}

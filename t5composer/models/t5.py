@@ -23,7 +23,11 @@ T5 specifics worth knowing when reading the code:
   the embedding, rescaling the decoder output by d_model**-0.5 first.
 
 Attention runs through ``F.scaled_dot_product_attention`` with ``scale=1.0`` and an additive
-``attn_mask`` = position bias (+ causal mask) (+ padding mask).
+``attn_mask`` = position bias (+ causal mask) (+ padding mask). Unpadded batches (pre-training:
+every row is exactly the input length) build no padding mask at all. ``attn_impl='flex'`` runs
+self-attention of unpadded batches through FlexAttention instead, with a ``score_mod`` that looks
+the bias up in the bucket table, so no ``[H, L, L]`` bias is built and the table still gets its
+gradient (see :class:`FlexBias`; docs/performance.md has the measurements behind the default).
 
 Greedy decoding (:meth:`T5ForConditionalGeneration.generate`) runs the encoder once and then the
 decoder one token per step against a :class:`DecoderCache`: per decoder layer, preallocated
@@ -34,6 +38,7 @@ decoder on the whole prefix (same tokens, far slower).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -45,7 +50,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 __all__ = [
+    'ATTN_IMPLS',
     'DecoderCache',
+    'FlexBias',
     'KVCache',
     'T5Attention',
     'T5Block',
@@ -55,6 +62,7 @@ __all__ = [
     'T5Stack',
     'relative_position_bucket',
     'shift_right',
+    'ties_word_embeddings',
 ]
 
 
@@ -67,6 +75,18 @@ class T5Output(NamedTuple):
 
     loss: torch.Tensor
     logits: torch.Tensor
+
+
+def ties_word_embeddings(config: transformers.T5Config) -> bool:
+    """Original T5 (lm_head tied to the embedding, decoder output rescaled) or v1.1 (neither).
+
+    transformers 5 sets ``config.tie_word_embeddings`` to True for every T5 and keeps the value a
+    config was made with as ``scale_decoder_outputs``; transformers 4 has only the former.
+
+    Args:
+        config: the model config.
+    """
+    return bool(getattr(config, 'scale_decoder_outputs', config.tie_word_embeddings))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,6 +245,68 @@ class KVCache:
         return self.k, self.v
 
 
+ATTN_IMPLS = ('sdpa', 'flex', 'flex_dense')
+
+
+class FlexBias(NamedTuple):
+    """The self-attention position bias in factored form, for FlexAttention.
+
+    SDPA needs the bias as a tensor broadcastable to ``[B, H, Lq, Lk]``; FlexAttention instead
+    calls a ``score_mod`` per score, which can look the bias up where it is stored. Gradients
+    reach ``table`` through that lookup (FlashAttention's missing bias gradient is what kept
+    nanoT5 on the slow path, its issue #28).
+
+    Attributes:
+        table: ``[num_buckets, H]`` the learned bias table (block 0's
+            ``relative_attention_bias.weight``).
+        buckets: ``[Lq, Lk]`` long bucket id of each (query, key) pair; no gradient.
+        causal: hide keys after the query (decoder self-attention).
+        dense: ``[H, Lq, Lk]`` the table gathered once per forward (``attn_impl='flex_dense'``:
+            the kernel's backward scatters into H*Lq*Lk addresses instead of num_buckets*H, less
+            atomic contention for a few MB), or None to index ``table`` inside the kernel.
+    """
+
+    table: torch.Tensor
+    buckets: torch.Tensor
+    causal: bool
+    dense: torch.Tensor | None = None
+
+
+@functools.cache
+def _compiled_flex_attention():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: FlexBias) -> torch.Tensor:
+    """``softmax(q k^T + bias) v`` (no score scaling) through FlexAttention.
+
+    Outside ``torch.compile`` FlexAttention runs unfused (it materialises the scores), so on CUDA
+    the call goes through a compiled ``flex_attention``; torch 2.7 cannot compile its backward on
+    CPU (inference only there), so CPU runs it eagerly: correct, for tests, not fast.
+
+    Args:
+        q: ``[B, H, Lq, d_kv]`` queries.
+        k: ``[B, H, Lk, d_kv]`` keys.
+        v: ``[B, H, Lk, d_kv]`` values.
+        bias: the position bias (and causality) to apply.
+    """
+    from torch.nn.attention.flex_attention import flex_attention
+
+    table, buckets, causal, dense = bias
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        score = score + (table[buckets[q_idx, kv_idx], h] if dense is None else dense[h, q_idx, kv_idx])
+        if causal:
+            score = torch.where(q_idx >= kv_idx, score, -float('inf'))  # never a whole row: the diagonal stays
+        return score
+
+    eager = torch.compiler.is_compiling() or q.device.type != 'cuda'  # inside torch.compile it is fused anyway
+    attend = flex_attention if eager else _compiled_flex_attention()
+    return attend(q, k, v, score_mod=score_mod, scale=1.0)
+
+
 class T5Attention(nn.Module):
     """Multi-head attention without biases or score scaling, optionally owning the position bias.
 
@@ -253,8 +335,8 @@ class T5Attention(nn.Module):
         if has_relative_attention_bias:
             self.relative_attention_bias = nn.Embedding(self.relative_attention_num_buckets, self.n_heads)
 
-    def compute_bias(self, query_length: int, key_length: int, *, query_offset: int = 0) -> torch.Tensor:
-        """Relative position bias ``[1, n_heads, query_length, key_length]`` (table dtype).
+    def position_buckets(self, query_length: int, key_length: int, *, query_offset: int = 0) -> torch.Tensor:
+        """Bucket ids ``[query_length, key_length]`` (long) of every (query, key) pair.
 
         Args:
             query_length: number of query positions.
@@ -265,14 +347,24 @@ class T5Attention(nn.Module):
         device = self.relative_attention_bias.weight.device
         query_pos = torch.arange(query_offset, query_offset + query_length, device=device)[:, None]
         key_pos = torch.arange(key_length, device=device)[None, :]
-        buckets = relative_position_bucket(
+        return relative_position_bucket(
             key_pos - query_pos,
             bidirectional=self.bidirectional,
             num_buckets=self.relative_attention_num_buckets,
             max_distance=self.relative_attention_max_distance,
         )
-        values = self.relative_attention_bias(buckets)  # [q, k, H]
-        return values.permute(2, 0, 1).unsqueeze(0)
+
+    def compute_bias(self, query_length: int, key_length: int, *, query_offset: int = 0) -> torch.Tensor:
+        """Relative position bias ``[1, n_heads, query_length, key_length]`` (table dtype).
+
+        Args:
+            query_length: number of query positions.
+            key_length: number of key positions.
+            query_offset: absolute position of the first query (non-zero once a KV cache holds
+                earlier keys).
+        """
+        values = self.relative_attention_bias(self.position_buckets(query_length, key_length, query_offset=query_offset))
+        return values.permute(2, 0, 1).unsqueeze(0)  # [q, k, H] -> [1, H, q, k]
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         # [B, L, H*d_kv] -> [B, H, L, d_kv]
@@ -290,7 +382,7 @@ class T5Attention(nn.Module):
         self,
         hidden_states: torch.Tensor,
         *,
-        attn_bias: torch.Tensor | None,
+        attn_bias: torch.Tensor | FlexBias | None,
         key_value_states: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
     ) -> torch.Tensor:
@@ -299,7 +391,7 @@ class T5Attention(nn.Module):
         Args:
             hidden_states: queries' input ``[B, Lq, d_model]``.
             attn_bias: additive bias broadcastable to ``[B, H, Lq, Lk]`` in the compute dtype
-                (position bias and masks), or None.
+                (position bias and masks), or None (SDPA); or a :class:`FlexBias` (FlexAttention).
             key_value_states: encoder output ``[B, Lk, d_model]`` for cross-attention; None for
                 self-attention.
             kv_cache: decoding only: a cross-attention cache replaces the projection of
@@ -316,14 +408,17 @@ class T5Attention(nn.Module):
             k, v = self.project_kv(hidden_states if key_value_states is None else key_value_states)
             if kv_cache is not None:
                 k, v = kv_cache.write(k, v)  # self-attention step: add this token, see all slots
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=attn_bias,
-            dropout_p=self.dropout if self.training else 0.0,
-            scale=1.0,  # T5 does not scale scores; the q init accounts for it
-        )
+        if isinstance(attn_bias, FlexBias):
+            out = flex_self_attention(q, k, v, attn_bias)
+        else:
+            out = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=attn_bias,
+                dropout_p=self.dropout if self.training else 0.0,
+                scale=1.0,  # T5 does not scale scores; the q init accounts for it
+            )
         out = out.transpose(1, 2).reshape(hidden_states.shape[0], hidden_states.shape[1], self.inner_dim)
         return self.o(out)
 
@@ -347,7 +442,7 @@ class T5LayerSelfAttention(nn.Module):
         self.layer_norm = T5LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
         self.dropout = nn.Dropout(config.dropout_rate)
 
-    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | FlexBias | None, kv_cache: KVCache | None = None) -> torch.Tensor:
         return x + self.dropout(self.SelfAttention(self.layer_norm(x), attn_bias=attn_bias, kv_cache=kv_cache))
 
 
@@ -417,7 +512,7 @@ class T5Block(nn.Module):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        self_attn_bias: torch.Tensor | None,
+        self_attn_bias: torch.Tensor | FlexBias | None,
         encoder_hidden_states: torch.Tensor | None = None,
         cross_attn_bias: torch.Tensor | None = None,
         self_kv: KVCache | None = None,
@@ -485,6 +580,9 @@ class T5Stack(nn.Module):
     Attributes:
         gradient_checkpointing: when True and training, each block's activations are recomputed
             in backward (``torch.utils.checkpoint`` with ``use_reentrant=False``).
+        attn_impl: ``'sdpa'``, or ``'flex'`` / ``'flex_dense'`` for FlexAttention in the
+            self-attention of unpadded full-sequence passes (padded batches and cached decoding
+            steps use SDPA whatever this says); see :class:`FlexBias`.
 
     Args:
         config: the model config.
@@ -503,6 +601,15 @@ class T5Stack(nn.Module):
         self.final_layer_norm = T5LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
         self.dropout = nn.Dropout(config.dropout_rate)
         self.gradient_checkpointing = False
+        self.attn_impl = 'sdpa'
+
+    def _flex_bias(self, length: int) -> FlexBias:
+        """Position bias of an unpadded stack for FlexAttention: bucket ids and the table, no mask."""
+        attn = self.block[0].layer[0].SelfAttention
+        table = attn.relative_attention_bias.weight
+        buckets = attn.position_buckets(length, length)
+        dense = table[buckets].permute(2, 0, 1) if self.attn_impl == 'flex_dense' else None
+        return FlexBias(table=table, buckets=buckets, causal=self.is_decoder, dense=dense)
 
     def _self_attn_bias(self, length: int, attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
         """Position bias (+ causal mask) (+ padding mask), once for the whole stack, in ``dtype``."""
@@ -590,7 +697,10 @@ class T5Stack(nn.Module):
             cross_bias = cache.cross_bias
         else:
             dtype = _compute_dtype(hidden)
-            self_bias = self._self_attn_bias(input_ids.shape[1], attention_mask, dtype)
+            if self.attn_impl != 'sdpa' and attention_mask is None:
+                self_bias = self._flex_bias(input_ids.shape[1])
+            else:
+                self_bias = self._self_attn_bias(input_ids.shape[1], attention_mask, dtype)
             cross_bias = None
             if self.is_decoder and encoder_attention_mask is not None:
                 cross_bias = _padding_to_bias(None, encoder_attention_mask, torch.finfo(dtype).min).to(dtype)
@@ -622,6 +732,10 @@ def shift_right(labels: torch.Tensor, *, decoder_start_token_id: int, pad_token_
     return shifted.masked_fill(shifted == -100, pad_token_id)
 
 
+_FLEX_CHECKPOINT_ERROR = ("attn_impl={!r} cannot be combined with activation checkpointing (torch 2.7's FlexAttention "
+                          "gives the position table wrong gradients under torch.utils.checkpoint); use attn_impl='sdpa'.")
+
+
 class T5ForConditionalGeneration(nn.Module):
     """T5 encoder-decoder language model with HF-compatible parameter names.
 
@@ -634,9 +748,11 @@ class T5ForConditionalGeneration(nn.Module):
         config: a ``transformers.T5Config`` (see ``load_model_config``).
         lm_head_std: optional std for the untied lm_head init (default: the reference's 1.0 *
             initializer_factor, which gives a first loss around 60; ``d_model**-0.5`` is saner).
+        attn_impl: self-attention of unpadded batches through ``'sdpa'`` (default) or
+            FlexAttention (``'flex'``, ``'flex_dense'``); see :meth:`set_attn_impl`.
     """
 
-    def __init__(self, config: transformers.T5Config, *, lm_head_std: float | None = None) -> None:
+    def __init__(self, config: transformers.T5Config, *, lm_head_std: float | None = None, attn_impl: str = 'sdpa') -> None:
         super().__init__()
         self.config = config
         self.model_dim = config.d_model
@@ -644,9 +760,10 @@ class T5ForConditionalGeneration(nn.Module):
         self.encoder = T5Stack(config, self.shared, is_decoder=False)
         self.decoder = T5Stack(config, self.shared, is_decoder=True)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        if config.tie_word_embeddings:
+        if ties_word_embeddings(config):
             self.lm_head.weight = self.shared.weight
         self.init_weights(lm_head_std=lm_head_std)
+        self.set_attn_impl(attn_impl)
 
     # -- init ---------------------------------------------------------------------------------
 
@@ -659,7 +776,7 @@ class T5ForConditionalGeneration(nn.Module):
             module.weight.fill_(f * 1.0)
         elif isinstance(module, T5ForConditionalGeneration):
             module.shared.weight.normal_(0.0, f * 1.0)
-            if not cfg.tie_word_embeddings:
+            if not ties_word_embeddings(cfg):
                 std = f * 1.0 if lm_head_std is None else lm_head_std
                 module.lm_head.weight.normal_(0.0, std)
         elif isinstance(module, T5DenseGatedActDense):
@@ -702,9 +819,36 @@ class T5ForConditionalGeneration(nn.Module):
         return sum(p.numel() for p in params)
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
-        """Turn activation checkpointing of every block on or off in both stacks."""
+        """Turn activation checkpointing of every block on or off in both stacks (SDPA only, see :meth:`set_attn_impl`)."""
+        if enabled and self.encoder.attn_impl != 'sdpa':
+            raise ValueError(_FLEX_CHECKPOINT_ERROR.format(self.encoder.attn_impl))
         self.encoder.gradient_checkpointing = enabled
         self.decoder.gradient_checkpointing = enabled
+
+    def set_attn_impl(self, attn_impl: str) -> None:
+        """Choose how self-attention of unpadded full-sequence passes runs, in both stacks.
+
+        ``'sdpa'``: ``F.scaled_dot_product_attention`` with the bias ``[1, H, L, L]`` as additive
+        mask. ``'flex'``: FlexAttention, the bias looked up from the ``[num_buckets, H]`` table per
+        score; ``'flex_dense'``: FlexAttention reading a ``[H, L, L]`` bias gathered once per
+        forward. Padded batches and cached decoding steps always use SDPA. FlexAttention has no
+        attention-probability dropout, so the flex variants need ``dropout_rate`` 0 (as in
+        pre-training), and they refuse activation checkpointing: under ``torch.utils.checkpoint``
+        torch 2.7's FlexAttention returns wrong gradients for a captured tensor such as the bias
+        table (seen on CPU, where it runs unfused).
+
+        Args:
+            attn_impl: one of :data:`ATTN_IMPLS`.
+        """
+        if attn_impl not in ATTN_IMPLS:
+            raise ValueError(f'attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}.')
+        if attn_impl != 'sdpa' and self.config.dropout_rate > 0:
+            raise ValueError(f"attn_impl={attn_impl!r} has no attention dropout; set dropout_rate 0 "
+                             f"(it is {self.config.dropout_rate}) or use attn_impl='sdpa'.")
+        if attn_impl != 'sdpa' and self.encoder.gradient_checkpointing:
+            raise ValueError(_FLEX_CHECKPOINT_ERROR.format(attn_impl))
+        self.encoder.attn_impl = attn_impl
+        self.decoder.attn_impl = attn_impl
 
     # Composer looks these up on the ComposerModel's children when FSDP / activation
     # checkpointing is configured through the Trainer: one unit per block.
@@ -759,7 +903,7 @@ class T5ForConditionalGeneration(nn.Module):
 
     def _project(self, hidden: torch.Tensor) -> torch.Tensor:
         """Decoder output -> vocabulary logits."""
-        if self.config.tie_word_embeddings:
+        if ties_word_embeddings(self.config):
             # Original T5 rescales before the tied projection (Mesh TensorFlow convention).
             hidden = hidden * (self.model_dim**-0.5)
         return self.lm_head(hidden)

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# The GPU part of the performance table, in one run on a single H100/H200 machine (no network
+# there; its own PyTorch 2.11 and transformers 5.x). Target: under 8 minutes; parts 2 and 3 are
+# time-boxed (300 s, 170 s), so the whole stays under ~8.5 minutes even when compiling is slow.
+#
+#   here:   bash bench/fetch_wheels.sh          # Composer/Streaming wheels + T5 tokenizer -> bench/wheels
+#   there:  bash bench/gpu_check.sh [OUT_DIR]   # device tool: carry ["bench/wheels"], timeout_s 600
+#
+# Parts (a failing part is reported and the next one runs):
+#   1. environment: GPU, torch, transformers; bench/wheels installed with --no-deps into a
+#      --target directory on PYTHONPATH (without them only the SDPA kernel and projection-fusion
+#      checks run: every other part imports Composer).
+#   2. the model case (recipes/benchmark.py --only model --device cuda): T5 v1.1-base, batch 128
+#      (MODEL_MICROBATCH rows per forward, default 128), bf16 autocast; our T5 (sdpa, flex) vs
+#      transformers' T5ForConditionalGeneration with the same weights, eager and torch.compile:
+#      step time, tokens/s, MFU vs the bf16 peak, peak memory; before the table, which SDPA
+#      kernel runs T5's biased self-attention and its cross-attention, and FlexAttention's
+#      fused kernel against SDPA (logits and gradients, the bias table's included).
+#   3. the real Composer loop: LOOP_STEPS (50) steps of yamls/pt_base.yaml (bf16 + compile) on
+#      synthetic MDS rows of 568 tokens, through the launcher as a user runs it, then its seconds
+#      per step (windows of 10 after the first, which compiles) against the bare step of part 2
+#      (sdpa+compile+opt: forward, backward, clipping, adamwscale): the loop's overhead (target < 10%).
+# Knobs (environment): MODEL_VARIANTS, MODEL_MICROBATCH, MODEL_REPEATS (5), LOOP_STEPS (50),
+# LOOP_ATTN (sdpa), SKIP_MODEL=1, SKIP_LOOP=1; for the CPU test of part 3 (tests/test_bench_model.py)
+# LOOP_TOKENIZER, LOOP_INPUT_LENGTH and LOOP_OVERRIDES (extra key=value overrides of the run).
+# Where Composer is already installed (a development machine) nothing is installed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-${OUT:-/tmp/gpu_check}}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+# One compile cache for both parts: the loop's kernels are mostly the model case's.
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/t5c-inductor-cache}
+PY=${PYTHON:-python3}
+SITE=/tmp/t5c-site
+WORK=$(mktemp -d /tmp/t5c-gpu-check.XXXXXX)
+START=$(date +%s)
+say() { echo "[gpu_check +$(( $(date +%s) - START ))s] $*"; }
+
+# ---- 1. environment ------------------------------------------------------------------------
+say "environment"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || say "nvidia-smi failed"
+"$PY" -c 'import sys, torch, transformers; print(f"python {sys.version.split()[0]}, torch {torch.__version__} (cuda {torch.version.cuda}), transformers {transformers.__version__}, gpu {torch.cuda.get_device_name() if torch.cuda.is_available() else None}")'
+HAVE_COMPOSER=0
+if "$PY" -c 'import composer, streaming; print(f"composer {composer.__version__}, streaming {streaming.__version__} (installed)")' 2>/dev/null; then
+    HAVE_COMPOSER=1  # a development machine: nothing to install
+elif ls bench/wheels/*.whl >/dev/null 2>&1; then
+    if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" bench/wheels/*.whl; then
+        export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+        if "$PY" -c 'import composer, streaming; print(f"composer {composer.__version__}, streaming {streaming.__version__} (carried wheels)")'; then
+            HAVE_COMPOSER=1
+        fi
+    fi
+fi
+if [ "$HAVE_COMPOSER" != 1 ]; then
+    say "no usable bench/wheels (run bash bench/fetch_wheels.sh here and carry bench/wheels): running only the checks that need no Composer"
+    "$PY" - <<'PY' 2>&1 | tee "$OUT/kernels.log"
+import torch
+from t5composer.bench.model import projection_fusion_check, sdpa_kernel_check
+for which, info in sdpa_kernel_check('cuda', dtype=torch.bfloat16).items():
+    print(f'SDPA {which}: default runs {info["default"]}; accepts {info["accepts"]}')
+print('projections fwd+bwd ms (T5-base, 128 x 512 tokens):',
+      projection_fusion_check('cuda', dtype=torch.bfloat16, tokens=128 * 512, d_model=768, inner=768, d_ff=2048))
+PY
+    exit 1
+fi
+
+# ---- 2. the model case ---------------------------------------------------------------------
+if [ "${SKIP_MODEL:-0}" != 1 ]; then
+    say "model case"
+    VARIANTS=${MODEL_VARIANTS:-sdpa,hf,sdpa+compile,sdpa+compile+opt,flex+compile,hf+compile}
+    timeout 300 "$PY" recipes/benchmark.py --only model --device cuda --warmup 2 --repeats "${MODEL_REPEATS:-5}" \
+        --model-variants "$VARIANTS" ${MODEL_MICROBATCH:+--model-microbatch "$MODEL_MICROBATCH"} \
+        --json "$OUT/model.json" 2>&1 | grep -v -E 'UserWarning|warnings.warn' | tee "$OUT/model.log"
+    say "model case done (exit ${PIPESTATUS[0]}; 124 = stopped at its time limit, the rows printed so far stand)"
+fi
+
+# ---- 3. the Composer loop ------------------------------------------------------------------
+if [ "${SKIP_LOOP:-0}" != 1 ]; then
+    TOK=${LOOP_TOKENIZER:-bench/wheels/t5-tokenizer}
+    STEPS=${LOOP_STEPS:-50}
+    INPUT_LENGTH=${LOOP_INPUT_LENGTH:-512}
+    if [ ! -f "$TOK/tokenizer.json" ]; then
+        say "no $TOK (bench/fetch_wheels.sh saves it): skipping the Composer loop"
+    else
+        say "Composer loop: synthetic data"
+        "$PY" -m t5composer.bench.train_loop prepare --out "$WORK/data" --tokenizer "$TOK" \
+            --input-length "$INPUT_LENGTH" --rows $(( (STEPS + 30) * 128 )) 2>&1 | grep -v Warning
+        say "Composer loop: $STEPS steps of yamls/pt_base.yaml"
+        timeout 170 "$PY" -m composer.cli.launcher -n 1 recipes/train.py yamls/pt_base.yaml \
+            variables.data_local="$WORK/data" tokenizer.name="$TOK" data.eval_split=null \
+            max_duration="${STEPS}ba" scheduler.t_warmup=10ba callbacks.nanot5_log.interval=10 \
+            model.attn_impl="${LOOP_ATTN:-sdpa}" data.input_length="$INPUT_LENGTH" autoresume=false '~save_folder' \
+            run_name=gpu_check_loop ${LOOP_OVERRIDES:-} > "$OUT/loop.log" 2>&1
+        say "Composer loop done (exit $?)"
+        grep -E '^\[train\]|Error|error' "$OUT/loop.log" | tail -20
+        "$PY" -m t5composer.bench.train_loop report --log "$OUT/loop.log" \
+            --model-json "$OUT/model.json" --model-log "$OUT/model.log" | tee "$OUT/loop_report.md"
+    fi
+fi
+rm -rf "$WORK"
+say "done; logs and JSON in $OUT"

@@ -1,0 +1,490 @@
+"""Benchmark case ``model``: one training step's forward + backward, our T5 vs transformers'.
+
+Both models are built from the same config and hold the same weights (ours at random init, loaded
+into ``transformers.T5ForConditionalGeneration``); each step is ``forward -> fp32 cross-entropy
+-> backward`` on a span-corruption shaped batch (encoder 512, decoder 114 tokens per row: what
+C4 rows of 568 give, no padding and so no attention mask), split into ``--model-microbatch``
+rows per forward/backward. Defaults: on CPU t5-v1_1-small, batch 8, fp32; on CUDA t5-v1_1-base,
+batch 128, bf16 autocast (as Composer's ``amp_bf16``).
+
+Variants (``--model-variants``, comma-separated): ``hf`` (transformers) or one of our attention
+implementations ``sdpa``, ``flex``, ``flex_dense`` (see ``T5ForConditionalGeneration.set_attn_impl``),
+each optionally followed by flags: ``+compile`` (``torch.compile`` of the module), ``+ckpt``
+(activation checkpointing of every block), ``+opt`` (the whole bare training step: also gradient
+clipping at norm 1.0 and an adamwscale step, what Composer's loop adds its overhead to). On CPU
+every variant runs for each thread count of ``--model-threads``, and the variants' steps are
+interleaved (a changing load hits them alike); on CUDA each variant runs in turn. Under
+transformers 5, which ties the lm_head of every freshly built T5, the transformers model's lm_head
+is untied first, so that it holds our v1.1 weights (equal first losses show it).
+
+Reported per variant: median step time, tokens/s (encoder + decoder tokens, 626 per row), model
+FLOP/s and on CUDA the MFU against the device's dense bf16 peak (H100/H200 989, A100 312 TFLOP/s;
+``--model-peak-tflops`` for others). FLOPs per step are
+:func:`t5composer.models.t5_flops_per_batch` (matmuls of forward + backward, attention scores
+included; see docs/performance.md). Peak memory per variant: CUDA allocator peak; on CPU the
+process's peak RSS, which includes both models' weights.
+
+Before the variants, the case reports which SDPA kernel PyTorch picks for T5's self-attention
+(additive bias that requires grad) and for its cross-attention (no mask), and which backends
+accept the biased call at all (:func:`sdpa_kernel_check`); the time of T5's parallel projections
+separate vs fused into one matmul (:func:`projection_fusion_check`); and on CUDA, when a flex
+variant is asked for, FlexAttention's fused kernel against SDPA (:func:`flex_correctness_check`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from t5composer.bench.measure import peak_memory_mib, reset_peak_memory, sync
+
+HELP = "model fwd+bwd step: our T5 vs transformers' (tokens/s, step time, MFU, peak memory)"
+
+COLUMNS = (
+    ('variant', 'variant', '{}'),
+    ('threads', 'threads', '{}'),
+    ('step_s', 'step s', '{:.3f}'),
+    ('tokens_per_s', 'tokens/s', '{:,.0f}'),
+    ('speedup_vs_hf', 'vs hf', '{:.2f}x'),
+    ('tflops_per_s', 'TFLOP/s', '{:.3g}'),
+    ('mfu', 'MFU', '{:.1%}'),
+    ('peak_mib', 'peak MiB', '{:,.0f}'),
+)
+
+ENCODER_LENGTH, DECODER_LENGTH = 512, 114  # C4 rows of 568 after span corruption (density 0.15, span 3)
+
+# Dense bf16 tensor-core peaks (vendor data sheets, SXM parts), matched against the device name.
+BF16_PEAK_TFLOPS = (('H200', 989.0), ('H100', 989.0), ('A100', 312.0))
+
+SDPA_BACKENDS = ('FLASH_ATTENTION', 'EFFICIENT_ATTENTION', 'CUDNN_ATTENTION', 'MATH')
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    """Add the case's ``--model-*`` options to ``parser``."""
+    g = parser.add_argument_group('model')
+    g.add_argument('--model-name', default=None,
+                   help='preset or config dir (default: google/t5-v1_1-small on cpu, google/t5-v1_1-base on cuda)')
+    g.add_argument('--model-batch', type=int, default=None, help='rows per step (default: 8 on cpu, 128 on cuda)')
+    g.add_argument('--model-microbatch', type=int, default=None, help='rows per forward/backward (default: the batch)')
+    g.add_argument('--model-variants', default=None,
+                   help="comma-separated, e.g. 'hf,sdpa,flex+compile' (default: hf,sdpa on cpu; "
+                        "sdpa,hf,sdpa+compile,sdpa+compile+opt,flex+compile,hf+compile on cuda)")
+    g.add_argument('--model-threads', default=None, help="CPU only: comma-separated torch thread counts (default '1,<all>')")
+    g.add_argument('--model-dtype', choices=['fp32', 'bf16'], default=None, help='default: fp32 on cpu, bf16 (autocast) on cuda')
+    g.add_argument('--model-peak-tflops', type=float, default=None, help='bf16 peak for MFU when the device is not recognised')
+
+
+def device_peak_tflops(name: str) -> float | None:
+    """Dense bf16 peak of a GPU by its name (None when unknown)."""
+    for key, peak in BF16_PEAK_TFLOPS:
+        if key in name:
+            return peak
+    return None
+
+
+def sdpa_kernel_check(device: str, *, dtype: torch.dtype, heads: int = 12, length: int = 512, d_kv: int = 64) -> dict[str, Any]:
+    """Which SDPA kernel runs T5's attention calls, forward and backward.
+
+    Self-attention passes the position bias ``[1, H, L, L]`` as an additive float mask that
+    requires grad; cross-attention in pre-training passes no mask. For each, the aten op that the
+    default dispatch picks (from the profiler), and which backends accept the call when SDPA is
+    restricted to that one backend (``torch.nn.attention.sdpa_kernel``).
+
+    Args:
+        device: 'cpu' or 'cuda'.
+        dtype: the compute dtype.
+        heads: attention heads.
+        length: query and key length.
+        d_kv: head dimension.
+
+    Returns:
+        ``{'self_attention': {'default': [...ops], 'accepts': {backend: bool}}, 'cross_attention': {...}}``.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.profiler import ProfilerActivity, profile
+
+    def call(with_bias: bool) -> None:
+        g = torch.Generator(device=device).manual_seed(0)
+        q, k, v = (torch.randn(2, heads, length, d_kv, device=device, dtype=dtype, generator=g, requires_grad=True) for _ in range(3))
+        bias = torch.randn(1, heads, length, length, device=device, dtype=dtype, generator=g, requires_grad=True) if with_bias else None
+        F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0).sum().backward()
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == 'cuda' else [])
+    report: dict[str, Any] = {}
+    for name, with_bias in (('self_attention', True), ('cross_attention', False)):
+        with profile(activities=activities) as prof:
+            call(with_bias)
+        # The backend-specific aten ops (aten::_scaled_dot_product_efficient_attention, ..._backward, ...).
+        ops = sorted({e.key for e in prof.key_averages() if e.key.startswith('aten::_') and 'attention' in e.key})
+        accepts = {}
+        for backend in SDPA_BACKENDS:
+            if not hasattr(SDPBackend, backend):
+                continue
+            try:
+                with sdpa_kernel([getattr(SDPBackend, backend)]), warnings.catch_warnings():
+                    warnings.simplefilter('ignore')  # each refusing backend warns why; the result says enough
+                    call(with_bias)
+                accepts[backend] = True
+            except Exception:  # "No available kernel", or a backend's own error
+                accepts[backend] = False
+        report[name] = {'default': ops, 'accepts': accepts}
+    return report
+
+
+def projection_fusion_check(device: str, *, dtype: torch.dtype, tokens: int, d_model: int, inner: int, d_ff: int,
+                            repeats: int = 5) -> dict[str, float]:
+    """Milliseconds for forward + backward of T5's parallel projections, separate vs one fused matmul.
+
+    ``qkv``: q, k, v of one self-attention (3 x ``[inner, d_model]``) against one matmul with the
+    three weights concatenated at run time (``torch.cat``, keeping the Hugging Face parameters);
+    ``wi``: the gated FFN's wi_0 and wi_1 likewise. Inputs ``[tokens, d_model]``.
+    """
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(tokens, d_model, device=device, dtype=dtype, generator=g, requires_grad=True)
+    wq, wk, wv = (torch.randn(inner, d_model, device=device, dtype=dtype, generator=g, requires_grad=True) for _ in range(3))
+    w0, w1 = (torch.randn(d_ff, d_model, device=device, dtype=dtype, generator=g, requires_grad=True) for _ in range(2))
+
+    def qkv_separate():
+        q, k, v = F.linear(x, wq), F.linear(x, wk), F.linear(x, wv)
+        (q.sum() + k.sum() + v.sum()).backward()
+
+    def qkv_fused():
+        q, k, v = F.linear(x, torch.cat([wq, wk, wv])).split(inner, dim=-1)
+        (q.sum() + k.sum() + v.sum()).backward()
+
+    def wi_separate():
+        (F.gelu(F.linear(x, w0), approximate='tanh') * F.linear(x, w1)).sum().backward()
+
+    def wi_fused():
+        gate, up = F.linear(x, torch.cat([w0, w1])).chunk(2, dim=-1)
+        (F.gelu(gate, approximate='tanh') * up).sum().backward()
+
+    fns = {'qkv separate': qkv_separate, 'qkv fused': qkv_fused, 'wi separate': wi_separate, 'wi fused': wi_fused}
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(repeats):  # interleaved, as the variants on CPU
+        for name, fn in fns.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def flex_correctness_check(device: str, impls: tuple[str, ...] = ('flex',)) -> dict[str, dict[str, float]]:
+    """Largest differences of FlexAttention against SDPA on ``device``: logits, and each gradient relative to its scale.
+
+    A small v1.1-shaped model (d_model 64, 2+2 layers, 4 heads, 32 buckets), fp32, one batch of
+    4 x 128 -> 32 tokens. On CUDA this exercises the fused (compiled) kernel and its gradient of
+    the bucket table, which the CPU tests cannot (they run FlexAttention unfused).
+    """
+    import transformers
+
+    from t5composer.models import T5ForConditionalGeneration
+
+    config = transformers.T5Config(vocab_size=512, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
+                                   num_heads=4, dropout_rate=0.0, feed_forward_proj='gated-gelu', tie_word_embeddings=False,
+                                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # plain fp32 matmuls, so the differences are the kernels'
+    try:
+        return _flex_diffs(T5ForConditionalGeneration, config, device, impls)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def _flex_diffs(model_cls: Any, config: Any, device: str, impls: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    torch.manual_seed(0)
+    ref = model_cls(config).to(device)
+    g = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(2, 512, (4, 128), generator=g).to(device)
+    labels = torch.randint(2, 512, (4, 32), generator=g).to(device)
+    out = ref(input_ids, labels=labels)
+    out.loss.backward()
+    report = {}
+    for impl in impls:
+        model = model_cls(config, attn_impl=impl).to(device)
+        model.load_state_dict(ref.state_dict())
+        got = model(input_ids, labels=labels)
+        got.loss.backward()
+        grads = {n: p.grad for n, p in model.named_parameters()}
+        rel = {n: ((grads[n] - p.grad).abs().max() / p.grad.abs().max().clamp(min=1e-12)).item() for n, p in ref.named_parameters()}
+        report[impl] = {
+            'logits_max_abs_diff': (got.logits - out.logits).abs().max().item(),
+            'grad_max_rel_diff': max(rel.values()),
+            'table_grad_rel_diff': max(v for n, v in rel.items() if 'relative_attention_bias' in n),
+        }
+    return report
+
+
+def _parse_variant(spec: str) -> tuple[str, set[str]]:
+    impl, *flags = spec.strip().split('+')
+    if impl not in ('hf', 'sdpa', 'flex', 'flex_dense'):
+        raise ValueError(f"unknown model variant {spec!r}: start with hf, sdpa, flex or flex_dense")
+    unknown = set(flags) - {'compile', 'ckpt', 'opt'}
+    if unknown:
+        raise ValueError(f'unknown flags {sorted(unknown)} in model variant {spec!r} (compile, ckpt, opt)')
+    return impl, set(flags)
+
+
+def make_batch(vocab_size: int, *, batch: int, device: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A span-corruption shaped batch of random ids: encoder 512, decoder 114, no padding."""
+    from t5composer.models import shift_right
+
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(2, min(vocab_size, 32000), (batch, ENCODER_LENGTH), generator=g)
+    labels = torch.randint(2, min(vocab_size, 32000), (batch, DECODER_LENGTH), generator=g)
+    decoder_input_ids = shift_right(labels, decoder_start_token_id=0, pad_token_id=0)
+    return {k: v.to(device) for k, v in (('input_ids', input_ids), ('labels', labels), ('decoder_input_ids', decoder_input_ids))}
+
+
+@dataclass
+class Variant:
+    """One timed variant: ``setup()`` puts the shared model into the variant's mode, ``step()`` runs a step."""
+
+    spec: str
+    impl: str
+    flags: set[str]
+    setup: Callable[[], None]
+    step: Callable[[], float]
+    restore: Callable[[], Any] | None = None  # puts the weights back after an optimizer step
+    times: list[float] = field(default_factory=list)
+    peak_mib: float = 0.0
+    first_loss: float | None = None
+    error: str | None = None
+
+
+def build_variant(
+    spec: str,
+    *,
+    ours: torch.nn.Module,
+    hf_model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    microbatch: int,
+    device: str,
+    dtype: torch.dtype,
+    initial_weights: dict[str, torch.Tensor] | None = None,
+) -> Variant:
+    """The step of one variant: zero grads, forward/backward per microbatch, optionally clip + optimizer step.
+
+    The models are shared between variants (a compiled module is compiled once per mode), so
+    ``setup`` sets the attention implementation and checkpointing before each step, and a
+    ``+opt`` variant loads ``initial_weights`` back after each of its steps (untimed), so every
+    variant computes the same function.
+    """
+    impl, flags = _parse_variant(spec)
+    hf = impl == 'hf'
+    model = hf_model if hf else ours
+
+    def setup() -> None:
+        if hf:
+            if 'ckpt' in flags:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})
+            elif getattr(model, 'is_gradient_checkpointing', False):
+                model.gradient_checkpointing_disable()
+        else:
+            model.set_attn_impl(impl)
+            model.set_gradient_checkpointing('ckpt' in flags)
+
+    forward = torch.compile(model) if 'compile' in flags else model
+    optimizer = None
+    if 'opt' in flags:
+        from t5composer.optim import build_optimizer
+
+        optimizer = build_optimizer(model, name='adamwscale', lr=2e-2)  # pt_base's optimizer
+    params = [p for p in model.parameters() if p.requires_grad]
+    n = batch['input_ids'].shape[0]
+    chunks = [{k: v[i:i + microbatch] for k, v in batch.items()} for i in range(0, n, microbatch)]
+    autocast = dtype != torch.float32
+
+    def step() -> float:
+        for p in params:
+            p.grad = None
+        total = torch.zeros((), device=device)
+        for mb in chunks:
+            with torch.autocast(device, dtype=dtype, enabled=autocast):
+                if hf:
+                    logits = forward(input_ids=mb['input_ids'], decoder_input_ids=mb['decoder_input_ids']).logits
+                else:
+                    logits = forward(mb['input_ids'], decoder_input_ids=mb['decoder_input_ids'])
+                loss = F.cross_entropy(logits.float().flatten(0, 1), mb['labels'].flatten())
+            (loss * (mb['input_ids'].shape[0] / n)).backward()
+            total += loss.detach()
+        if optimizer is not None:
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+        return float(total) / len(chunks)  # a host sync: the step has finished
+
+    restore = (lambda: model.load_state_dict(initial_weights)) if optimizer is not None and initial_weights is not None else None
+    return Variant(spec=spec, impl=impl, flags=flags, setup=setup, step=step, restore=restore)
+
+
+def _timed(v: Variant, device: str) -> None:
+    v.setup()
+    sync(device)
+    reset_peak_memory(device)
+    start = time.perf_counter()
+    loss = v.step()
+    sync(device)
+    v.times.append(time.perf_counter() - start)
+    v.peak_mib = max(v.peak_mib, peak_memory_mib(device))
+    if v.first_loss is None:
+        v.first_loss = loss
+    if v.restore is not None:
+        v.restore()
+
+
+def _warm(v: Variant, n: int) -> None:
+    try:
+        for _ in range(n):
+            v.setup()
+            loss = v.step()
+            if v.first_loss is None:
+                v.first_loss = loss
+            if v.restore is not None:
+                v.restore()
+    except Exception as e:  # one failing variant (e.g. flex on some stack) must not lose the others
+        v.error = f'{type(e).__name__}: {e}'[:2000]
+        print(f'  [model] {v.spec}: FAILED {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ""}', flush=True)
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Time each variant's step; one row per (threads, variant).
+
+    On CPU the variants' steps are interleaved (round r times every variant once), so a load that
+    changes during the run (a shared machine) affects them alike; on CUDA each variant runs its
+    warm-up and repeats in turn, so its peak memory is its own.
+
+    Args:
+        args: the parsed command line (``device``, ``warmup``, ``repeats`` and the ``model_*`` options).
+    """
+    import transformers
+
+    from t5composer.models import T5ForConditionalGeneration, load_model_config, t5_flops_per_batch
+
+    device = args.device
+    on_cuda = device == 'cuda'
+    name = args.model_name or ('google/t5-v1_1-base' if on_cuda else 'google/t5-v1_1-small')
+    batch_size = args.model_batch or (128 if on_cuda else 8)
+    microbatch = args.model_microbatch or batch_size
+    dtype = torch.bfloat16 if (args.model_dtype or ('bf16' if on_cuda else 'fp32')) == 'bf16' else torch.float32
+    default_variants = 'sdpa,hf,sdpa+compile,sdpa+compile+opt,flex+compile,hf+compile' if on_cuda else 'hf,sdpa'
+    specs = [v.strip() for v in (args.model_variants or default_variants).split(',') if v.strip()]
+    for spec in specs:
+        _parse_variant(spec)  # fail on a typo before building anything
+    if on_cuda:
+        threads_list = [torch.get_num_threads()]
+        torch.backends.cuda.matmul.allow_tf32 = True  # as pt_base (tf32: true); bf16 matmuls are unaffected
+    else:
+        threads_list = list(dict.fromkeys(int(t) for t in (args.model_threads or f'1,{os.cpu_count() or 1}').split(',')))
+
+    config = load_model_config(name, dropout_rate=0.0)
+    torch.manual_seed(0)
+    ours = T5ForConditionalGeneration(config, lm_head_std=config.d_model**-0.5).to(device).train()
+    hf_model = transformers.T5ForConditionalGeneration(config)
+    if hf_model.lm_head.weight is hf_model.shared.weight and ours.lm_head.weight is not ours.shared.weight:
+        # transformers 5 ties the lm_head of every freshly built T5 (a v1.1 checkpoint loaded with
+        # from_pretrained stays untied); untie it so that both models hold the same v1.1 weights.
+        hf_model.lm_head.weight = torch.nn.Parameter(hf_model.shared.weight.detach().clone())
+    missing, unexpected = hf_model.load_state_dict(ours.state_dict(), strict=False)
+    if unexpected or any('embed_tokens' not in k for k in missing):  # transformers 5 may leave out the tied copies
+        raise RuntimeError(f'transformers model does not take our weights: missing {missing}, unexpected {unexpected}')
+    hf_model = hf_model.to(device).train()
+    # '+opt' variants change our weights; they put these back after each step.
+    initial = {k: v.to('cpu', copy=True) for k, v in ours.state_dict().items()} if any('opt' in s for s in specs) else None
+    batch = make_batch(config.vocab_size, batch=batch_size, device=device)
+    tokens = batch_size * (ENCODER_LENGTH + DECODER_LENGTH)
+    flops = t5_flops_per_batch(config, batch_size=batch_size, encoder_length=ENCODER_LENGTH, decoder_length=DECODER_LENGTH)
+    device_name = torch.cuda.get_device_name() if on_cuda else 'cpu'
+    peak = args.model_peak_tflops or (device_peak_tflops(device_name) if on_cuda else None)
+    shape = (f'{name}: d_model {config.d_model}, d_ff {config.d_ff}, {config.num_heads}x{config.d_kv} heads, '
+             f'{config.num_layers}+{config.num_decoder_layers} layers, vocab {config.vocab_size}')
+    print(f'[model] {shape}; batch {batch_size} (microbatch {microbatch}) x {ENCODER_LENGTH}+{DECODER_LENGTH} tokens, '
+          f'{str(dtype).removeprefix("torch.")}, {flops / 1e12:.3f} TFLOP per step; {device_name}; '
+          f'torch {torch.__version__}, transformers {transformers.__version__} '
+          f'(its T5 attention: {getattr(hf_model.config, "_attn_implementation", None)})', flush=True)
+
+    kernels = sdpa_kernel_check(device, dtype=dtype, heads=config.num_heads, d_kv=config.d_kv)
+    for which, info in kernels.items():
+        accepted = ', '.join(b for b, ok in info['accepts'].items() if ok) or 'none'
+        print(f'  [model] SDPA {which}: default runs {", ".join(info["default"]) or "?"}; backends that accept it: {accepted}', flush=True)
+
+    flex_check = None
+    flex_impls = tuple(dict.fromkeys(_parse_variant(s)[0] for s in specs if _parse_variant(s)[0].startswith('flex')))
+    if on_cuda and flex_impls:
+        try:
+            flex_check = flex_correctness_check(device, flex_impls)
+            for impl, diffs in flex_check.items():
+                print(f'  [model] {impl} vs sdpa (fp32, fused kernel): ' + ', '.join(f'{k} {v:.2e}' for k, v in diffs.items()), flush=True)
+        except Exception as e:  # report and go on to the timings
+            print(f'  [model] flex correctness check FAILED {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ""}', flush=True)
+        torch._dynamo.reset()
+
+    rows: list[dict[str, Any]] = []
+    for threads in threads_list:
+        if not on_cuda:
+            torch.set_num_threads(threads)
+        fusion = projection_fusion_check(device, dtype=dtype, tokens=microbatch * ENCODER_LENGTH, d_model=config.d_model,
+                                         inner=config.num_heads * config.d_kv, d_ff=config.d_ff)
+        print(f'  [model] projections fwd+bwd, {microbatch * ENCODER_LENGTH} tokens{"" if on_cuda else f", {threads} threads"}: '
+              + ', '.join(f'{k} {v:.2f} ms' for k, v in fusion.items()), flush=True)
+        variants = [build_variant(s, ours=ours, hf_model=hf_model, batch=batch, microbatch=microbatch, device=device, dtype=dtype,
+                                  initial_weights=initial) for s in specs]
+        warm = {v.spec: max(args.warmup, 2 if 'compile' in v.flags else 1) for v in variants}
+        if on_cuda:
+            for v in variants:
+                _warm(v, warm[v.spec])
+                for _ in range(args.repeats if v.error is None else 0):
+                    _timed(v, device)
+                print(f'  [model] {v.spec}: {statistics.median(v.times) if v.times else float("nan"):.4f} s/step', flush=True)
+                # Free what the variant holds (optimizer state) before the next one's peak memory is measured.
+                v.step = v.setup = v.restore = None
+                gc.collect()
+                torch.cuda.empty_cache()
+        else:
+            for v in variants:
+                _warm(v, warm[v.spec])
+            for _ in range(args.repeats):
+                for v in variants:
+                    if v.error is None:
+                        _timed(v, device)
+        threads_col = None if on_cuda else threads
+        block = []
+        for v in variants:
+            if v.error is not None:
+                block.append({'variant': v.spec, 'threads': threads_col, 'error': v.error})
+                continue
+            median = statistics.median(v.times)
+            block.append({
+                'variant': v.spec, 'threads': threads_col,
+                'step_s': median, 'times_s': v.times, 'tokens_per_s': tokens / median,
+                'tflops_per_s': flops / median / 1e12, 'mfu': flops / median / (peak * 1e12) if peak else None,
+                'peak_mib': v.peak_mib, 'first_loss': v.first_loss, 'model': shape, 'batch': batch_size,
+                'torch': torch.__version__, 'transformers': transformers.__version__,
+                'hf_attn_implementation': getattr(hf_model.config, '_attn_implementation', None),
+                'microbatch': microbatch, 'dtype': str(dtype).removeprefix('torch.'), 'flops_per_step': flops,
+                'device_name': device_name, 'sdpa_kernels': kernels, 'projection_fusion_ms': fusion, 'flex_check': flex_check, 'interleaved': not on_cuda,
+            })
+            print(f'  [model] {v.spec}{"" if on_cuda else f" ({threads} threads)"}: {median:.3f} s/step, '
+                  f'{tokens / median:,.0f} tokens/s, first loss {v.first_loss:.4f}', flush=True)
+        # Speed-up against transformers run with the same flags (sdpa+compile vs hf+compile, ...).
+        for r in block:
+            twin = next((h for h in block if 'step_s' in h and _parse_variant(h['variant']) == ('hf', _parse_variant(r['variant'])[1])), None)
+            if twin is not None and 'step_s' in r:
+                r['speedup_vs_hf'] = twin['step_s'] / r['step_s']
+        rows += block
+        del variants
+        gc.collect()
+        torch._dynamo.reset()
+    return rows

@@ -1,0 +1,171 @@
+"""The real Composer training loop on synthetic data, against the bare training step.
+
+Used by ``bench/gpu_check.sh`` (not a ``recipes/benchmark.py`` case: the loop runs as its own
+``recipes/train.py`` process through Composer's launcher, exactly as a user runs it).
+
+    python -m t5composer.bench.train_loop prepare --out DIR --tokenizer TOK --rows 6400
+    python3 -m composer.cli.launcher -n 1 recipes/train.py yamls/pt_base.yaml \\
+        variables.data_local=DIR tokenizer.name=TOK data.eval_split=null max_duration=50ba \\
+        callbacks.nanot5_log.interval=10 ... | tee loop.log
+    python -m t5composer.bench.train_loop report --log loop.log --model-json model.json
+
+``prepare`` writes a ``train`` split of random token rows of the expanded length (568 for input
+512) as ``recipes/convert_c4.py`` writes them (MDS, ``tokens: ndarray:uint16``, zstd) with the
+``t5composer_meta.json`` that training checks, made for the given tokenizer: no corpus and no
+tokenization, so it needs nothing but the tokenizer's vocabulary. ``report`` reads the
+``[train] Step N ... | Seconds_per_step --> s |`` lines (windows of ``nanot5_log.interval``
+steps), drops the first window (compilation, first shards), and compares the median of the rest
+with the bare step of the ``model`` benchmark case (default variant ``sdpa+compile+opt``: forward,
+backward, clipping and the adamwscale step, without Composer, data loading or callbacks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+__all__ = ['bare_step_seconds', 'loop_report', 'parse_step_lines', 'prepare_split']
+
+STEP_LINE = re.compile(r'\[train\] Step (\d+) out of \S+ \|.*Seconds_per_step --> ([0-9.]+) \|')
+
+
+def prepare_split(out_root: str, *, tokenizer: str, rows: int, input_length: int = 512, noise_density: float = 0.15,
+                  mean_noise_span_length: float = 3.0, split: str = 'train', seed: int = 0) -> str:
+    """Write a synthetic split ``out_root/split`` that training accepts for ``tokenizer``.
+
+    Args:
+        out_root: the ``data.local`` directory.
+        tokenizer: what ``tokenizer.name`` will be (a saved tokenizer directory, a spiece.model, ...).
+        rows: rows to write (a run of S steps of batch B needs S * B).
+        input_length: ``data.input_length`` of the run (rows get the expanded length).
+        noise_density: ``data.noise_density`` of the run.
+        mean_noise_span_length: ``data.mean_noise_span_length`` of the run.
+        split: split name.
+        seed: numpy seed of the token ids.
+
+    Returns:
+        The split directory.
+    """
+    from streaming import MDSWriter
+
+    from t5composer.data.metadata import make_split_metadata, write_split_metadata
+    from t5composer.data.span_corruption import random_spans_helper
+    from t5composer.tokenization import load_tokenizer, sentinel_ids, tokenizer_fingerprint
+
+    start = time.perf_counter()
+    tok = load_tokenizer(tokenizer)
+    length, _ = random_spans_helper(input_length, noise_density, mean_noise_span_length)
+    sentinels = set(sentinel_ids(tok, 1))
+    top = min(sentinels) if sentinels else len(tok)  # ordinary ids lie below the sentinels (T5 layout)
+    rng = np.random.default_rng(seed)
+    split_dir = os.path.join(out_root, split)
+    with MDSWriter(out=split_dir, columns={'tokens': 'ndarray:uint16'}, compression='zstd', size_limit='64mb') as writer:
+        for first in range(0, rows, 4096):
+            n = min(4096, rows - first)
+            # Zipf-like ids from 3 (after pad, EOS, unk) compress about like tokenized text, as in the dataloader case.
+            block = (rng.zipf(1.1, size=(n, length)) % (top - 3) + 3).astype(np.uint16)
+            for row in block:
+                writer.write({'tokens': row})
+    meta = make_split_metadata(
+        source='synthetic (t5composer.bench.train_loop)', split=split, tokenizer=tokenizer,
+        tokenizer_fingerprint=tokenizer_fingerprint(tok), vocab_size=len(tok), input_length=input_length,
+        noise_density=noise_density, mean_noise_span_length=mean_noise_span_length, expanded_length=length,
+        docs=rows, tokens=rows * length, rows=rows, dropped_tokens=0, skipped_lines={}, encoder='synthetic',
+        seconds=time.perf_counter() - start,
+    )
+    write_split_metadata(split_dir, meta)
+    return split_dir
+
+
+def parse_step_lines(text: str) -> list[tuple[int, float]]:
+    """``(step, seconds per step)`` of every nanoT5 log line in ``text``, in order."""
+    return [(int(m.group(1)), float(m.group(2))) for m in STEP_LINE.finditer(text)]
+
+
+def loop_report(log_text: str, *, bare_step_s: float | None, skip_windows: int = 1) -> dict[str, Any]:
+    """Loop seconds per step (median of the windows after ``skip_windows``) and its overhead over the bare step.
+
+    Args:
+        log_text: the training run's console output.
+        bare_step_s: seconds of the bare training step at the same shape, or None.
+        skip_windows: leading windows to drop (the first holds compilation).
+
+    Raises:
+        ValueError: fewer than ``skip_windows + 1`` windows in the log.
+    """
+    windows = parse_step_lines(log_text)
+    kept = windows[skip_windows:]
+    if not kept:
+        raise ValueError(f'found {len(windows)} "[train] Step" windows; need more than {skip_windows} '
+                         '(is callbacks.nanot5_log.interval smaller than max_duration?)')
+    loop_s = statistics.median(s for _, s in kept)
+    overhead = loop_s / bare_step_s - 1 if bare_step_s else None
+    return {'windows': windows, 'loop_step_s': loop_s, 'bare_step_s': bare_step_s, 'overhead': overhead}
+
+
+MODEL_LINE = re.compile(r'\[model\] (\S+): ([0-9.]+) s/step')
+
+
+def bare_step_seconds(variant: str, *, model_json: str | None = None, model_log: str | None = None) -> float | None:
+    """The ``model`` case's median step time of ``variant``: from its JSON, else from its console log
+    (whose per-variant lines survive a run stopped before it wrote the JSON)."""
+    if model_json and os.path.exists(model_json):
+        with open(model_json) as f:
+            for row in json.load(f)['cases'].get('model', []):
+                if row.get('variant') == variant and 'step_s' in row:
+                    return float(row['step_s'])
+    if model_log and os.path.exists(model_log):
+        with open(model_log, errors='replace') as f:
+            for m in MODEL_LINE.finditer(f.read()):
+                if m.group(1) == variant:
+                    return float(m.group(2))
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``prepare`` or ``report`` (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest='command', required=True)
+    p = sub.add_parser('prepare', help='write a synthetic train split for a tokenizer')
+    p.add_argument('--out', required=True, help='data.local directory')
+    p.add_argument('--tokenizer', required=True)
+    p.add_argument('--rows', type=int, required=True)
+    p.add_argument('--input-length', type=int, default=512)
+    r = sub.add_parser('report', help='loop seconds per step vs the bare step')
+    r.add_argument('--log', required=True, help="the training run's console output")
+    r.add_argument('--model-json', default=None, help='JSON of recipes/benchmark.py --only model')
+    r.add_argument('--model-log', default=None, help='or its console output')
+    r.add_argument('--variant', default='sdpa+compile+opt', help='the bare-step variant in that JSON')
+    r.add_argument('--skip-windows', type=int, default=1)
+    args = parser.parse_args(argv)
+    if args.command == 'prepare':
+        split_dir = prepare_split(args.out, tokenizer=args.tokenizer, rows=args.rows, input_length=args.input_length)
+        print(f'wrote {args.rows:,} synthetic rows to {split_dir}')
+        return 0
+    with open(args.log, errors='replace') as f:
+        text = f.read()
+    bare = bare_step_seconds(args.variant, model_json=args.model_json, model_log=args.model_log)
+    rep = loop_report(text, bare_step_s=bare, skip_windows=args.skip_windows)
+    print('| what | seconds per step |')
+    print('|---|---|')
+    for step, seconds in rep['windows']:
+        print(f'| loop window ending at step {step} | {seconds:.4f} |')
+    print(f"| Composer loop (median of windows after the first {args.skip_windows}) | {rep['loop_step_s']:.4f} |")
+    if bare is None:
+        print(f'| bare step ({args.variant}) | not measured |')
+    else:
+        print(f'| bare step ({args.variant}) | {bare:.4f} |')
+        print(f"\nloop overhead vs bare step: {rep['overhead']:+.1%} (target < 10%)")
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

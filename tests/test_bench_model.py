@@ -1,0 +1,162 @@
+"""The ``model`` benchmark case, the Composer-loop helper and bench/gpu_check.sh, on CPU at tiny size.
+
+Correctness only (never speed): every variant runs, the models really share their weights (same
+first loss), the SDPA kernel check reports, and the GPU script's loop part runs end to end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from t5composer.bench import model as model_case
+from t5composer.bench import train_loop
+from test_model import tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _args(**kw) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--warmup', type=int, default=1)
+    parser.add_argument('--repeats', type=int, default=1)
+    model_case.add_args(parser)
+    args = parser.parse_args([])
+    for k, v in kw.items():
+        setattr(args, k, v)
+    return args
+
+
+def test_model_case_variants_share_weights_and_report(tmp_path, one_thread):
+    tiny_config('v1_1', vocab_size=512).save_pretrained(tmp_path)
+    args = _args(model_name=str(tmp_path), model_batch=2, model_microbatch=1, model_threads='1',
+                 model_variants='hf,sdpa,flex,flex_dense,sdpa+ckpt,hf+ckpt,sdpa+opt')
+    rows = model_case.run(args)
+    assert [r['variant'] for r in rows] == ['hf', 'sdpa', 'flex', 'flex_dense', 'sdpa+ckpt', 'hf+ckpt', 'sdpa+opt']
+    assert not [r for r in rows if 'error' in r]
+    first = rows[0]['first_loss']
+    for r in rows:
+        assert r['first_loss'] == pytest.approx(first, rel=1e-5), r['variant']  # same weights, same batch
+        assert r['step_s'] > 0 and r['tokens_per_s'] > 0 and r['peak_mib'] > 0 and r['mfu'] is None
+        assert r['flops_per_step'] == rows[0]['flops_per_step'] and r['batch'] == 2 and r['microbatch'] == 1
+    assert rows[1]['speedup_vs_hf'] == pytest.approx(rows[0]['step_s'] / rows[1]['step_s'])
+    assert 'speedup_vs_hf' in rows[4]  # sdpa+ckpt against hf+ckpt
+    assert 'speedup_vs_hf' not in rows[6]  # no hf+opt to compare with
+    assert set(rows[0]['projection_fusion_ms']) == {'qkv separate', 'qkv fused', 'wi separate', 'wi fused'}
+
+
+def test_registered_in_the_benchmark_script(tmp_path, one_thread):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location('benchmark_script', REPO / 'recipes' / 'benchmark.py')
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.CASES['model'] is model_case
+    tiny_config('v1_1', vocab_size=512).save_pretrained(tmp_path / 'cfg')
+    out = tmp_path / 'bench.json'
+    assert bench.main(['--only', 'model', '--device', 'cpu', '--warmup', '0', '--repeats', '1', '--json', str(out),
+                       '--model-name', str(tmp_path / 'cfg'), '--model-batch', '1', '--model-variants', 'hf,sdpa',
+                       '--model-threads', '1']) == 0
+    rows = json.loads(out.read_text())['cases']['model']
+    assert [r['variant'] for r in rows] == ['hf', 'sdpa'] and rows[0]['hf_attn_implementation'] == 'eager'
+
+
+def test_bad_variant_names_fail_before_building():
+    with pytest.raises(ValueError, match='unknown model variant'):
+        model_case.run(_args(model_variants='sdpa,flash'))
+    with pytest.raises(ValueError, match='unknown flags'):
+        model_case.run(_args(model_variants='sdpa+fast'))
+
+
+def test_sdpa_kernel_check_on_cpu():
+    """On CPU a biased call that needs the bias gradient runs the math path; the mask-free one flash."""
+    report = model_case.sdpa_kernel_check('cpu', dtype=torch.float32, heads=2, length=32, d_kv=8)
+    assert report['self_attention']['default'] == ['aten::_scaled_dot_product_attention_math']
+    assert report['self_attention']['accepts']['MATH']
+    assert not report['self_attention']['accepts']['FLASH_ATTENTION']
+    assert 'aten::_scaled_dot_product_flash_attention_for_cpu' in report['cross_attention']['default']
+
+
+def test_device_peaks():
+    assert model_case.device_peak_tflops('NVIDIA H100 80GB HBM3') == 989.0
+    assert model_case.device_peak_tflops('NVIDIA H200') == 989.0
+    assert model_case.device_peak_tflops('NVIDIA A100-SXM4-80GB') == 312.0
+    assert model_case.device_peak_tflops('NVIDIA GeForce RTX 3090') is None
+
+
+def test_flex_correctness_check_on_cpu():
+    report = model_case.flex_correctness_check('cpu', ('flex', 'flex_dense'))
+    for diffs in report.values():
+        assert diffs['logits_max_abs_diff'] < 1e-4 and diffs['grad_max_rel_diff'] < 1e-4 and diffs['table_grad_rel_diff'] < 1e-4
+
+
+def test_loop_report_parses_windows_and_bare_step(tmp_path):
+    log = '\n'.join([
+        'noise',
+        '[train] Step 10 out of 50 | Loss --> 9.0 | Grad_l2 --> 1.0 | Weights_l2 --> 5.0 | Lr --> 0.001 | Seconds_per_step --> 9.970 |',
+        '[train] Step 20 out of 50 | Loss --> 8.0 | Grad_l2 --> 1.0 | Weights_l2 --> 5.0 | Lr --> 0.002 | Seconds_per_step --> 0.350 |',
+        '[train] Step 30 out of 50 | Loss --> 7.0 | Grad_l2 --> 1.0 | Weights_l2 --> 5.0 | Lr --> 0.003 | Seconds_per_step --> 0.330 |',
+        '[train] Step 40 out of 50 | Loss --> 7.0 | Grad_l2 --> 1.0 | Weights_l2 --> 5.0 | Lr --> 0.003 | Seconds_per_step --> 0.340 |',
+    ])
+    rep = train_loop.loop_report(log, bare_step_s=0.32)
+    assert [s for s, _ in rep['windows']] == [10, 20, 30, 40]
+    assert rep['loop_step_s'] == pytest.approx(0.34) and rep['overhead'] == pytest.approx(0.34 / 0.32 - 1)
+    with pytest.raises(ValueError, match='windows'):
+        train_loop.loop_report(log.splitlines()[1], bare_step_s=None)
+    (tmp_path / 'model.json').write_text(json.dumps({'cases': {'model': [{'variant': 'sdpa+compile+opt', 'step_s': 0.3}]}}))
+    (tmp_path / 'model.log').write_text('  [model] sdpa+compile+opt: 0.3125 s/step\n')
+    assert train_loop.bare_step_seconds('sdpa+compile+opt', model_json=str(tmp_path / 'model.json')) == 0.3
+    assert train_loop.bare_step_seconds('sdpa+compile+opt', model_log=str(tmp_path / 'model.log')) == 0.3125
+    assert train_loop.bare_step_seconds('sdpa+compile+opt', model_json=str(tmp_path / 'missing.json')) is None
+
+
+def test_gpu_check_script_parses():
+    for script in ('bench/gpu_check.sh', 'bench/fetch_wheels.sh'):
+        subprocess.run(['bash', '-n', str(REPO / script)], check=True)
+
+
+@pytest.fixture(scope='module')
+def tokenizer_dir(tmp_path_factory) -> Path:
+    """A T5-layout tokenizer saved as tokenizer.json (what fetch_wheels.sh carries), trained on CPython's help topics."""
+    from pydoc_data.topics import topics
+
+    from t5composer.tokenization import load_tokenizer
+    from t5composer.tokenizer_training import train_tokenizer
+
+    root = tmp_path_factory.mktemp('bench_tok')
+    trained = train_tokenizer(out_dir=root / 'spm', vocab_size=800, texts=[topics[k] for k in sorted(topics)])
+    out = root / 'tok'
+    load_tokenizer(trained).save_pretrained(out)
+    (out / 'spiece.model').unlink(missing_ok=True)
+    return out
+
+
+@pytest.mark.slow
+def test_gpu_check_loop_part_runs_on_cpu(tmp_path, tokenizer_dir):
+    """Part 3 of bench/gpu_check.sh (synthetic data, Composer launcher, report) at tiny size on CPU."""
+    env = dict(os.environ)
+    env.update(
+        SKIP_MODEL='1', LOOP_STEPS='12', LOOP_INPUT_LENGTH='64', LOOP_TOKENIZER=str(tokenizer_dir),
+        LOOP_OVERRIDES=('precision=fp32 compile=false global_train_batch_size=8 device_train_microbatch_size=8 data.num_workers=1 '
+                        'model.d_model=32 model.d_kv=8 model.d_ff=64 model.num_heads=4 model.num_layers=2 '
+                        'model.num_decoder_layers=2 callbacks.nanot5_log.interval=4 callbacks.speed_monitor.window_size=4'),
+        OMP_NUM_THREADS='1', PYTHON=sys.executable,
+    )
+    env.pop('PYTHONPATH', None)
+    out = tmp_path / 'out'
+    proc = subprocess.run(['bash', str(REPO / 'bench/gpu_check.sh'), str(out)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert '(installed)' in proc.stdout  # nothing installed on a development machine
+    loop_log = (out / 'loop.log').read_text()
+    assert len(train_loop.parse_step_lines(loop_log)) == 3, loop_log[-3000:]
+    report = (out / 'loop_report.md').read_text()
+    assert 'Composer loop (median of windows after the first 1)' in report and 'not measured' in report
