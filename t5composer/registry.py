@@ -87,3 +87,32 @@ def check_options(valid: list[str], given: Any, *, what: str) -> None:
             close = difflib.get_close_matches(key, valid, n=1)
             hint = f' (did you mean {close[0]!r}?)' if close else ''
             raise ValueError(f'unknown option {key!r} for {what}{hint}; valid options: {", ".join(valid) or "none"}')
+
+
+def section_name_and_key_problems(section: str, name: str, registry: Any, *, options: list[str], open_ended: bool,
+                                  given: dict[str, Any], what: str) -> list[str]:
+    """Config problems shared by registry-backed YAML sections (``optimizer:``, ``scheduler:``).
+
+    Args:
+        section: the YAML section (``optimizer``).
+        name: its ``name`` value.
+        registry: the registry ``name`` must be in.
+        options: the keys the section accepts besides ``name`` (empty when ``name`` is unknown).
+        open_ended: the builder takes ``**kwargs``, so any key is accepted.
+        given: the section's keys besides ``name``.
+        what: what a registry entry is called in the message (``optimizer``, ``schedule``).
+
+    Returns:
+        A message for an unknown name (with the closest registered one), or one per unknown key,
+        each naming the entry whose options it is not among; empty if neither.
+    """
+    from t5composer.config.validation import check_keys, closest
+
+    if name not in registry:
+        return [f"'{section}.name' {name!r} is not a registered {what}.{closest(name, registry)} "
+                f"Registered: {', '.join(sorted(registry))}."]
+    if open_ended:
+        return []
+    unknown = check_keys(given, ['name'] + options, f'{section}.')
+    return [f'{u[:-1]} (options of {name!r}).' if u.endswith('.') else u for u in unknown]
+

@@ -215,17 +215,14 @@ def optimizer_problems(name: str, *, lr: float, weight_decay: float, kwargs: dic
     Returns:
         One message per problem (empty when the optimizer builds).
     """
-    from t5composer.config.validation import check_keys, closest
+    from t5composer.registry import section_name_and_key_problems
 
-    if name not in OPTIMIZERS:
-        return [f"'optimizer.name' {name!r} is not a registered optimizer.{closest(name, OPTIMIZERS)} "
-                f"Registered: {', '.join(sorted(OPTIMIZERS))}."]
-    options, var_kwargs = builder_options(OPTIMIZERS[name], skip_first=True)
-    if not var_kwargs:
-        valid = ['name', 'lr', 'weight_decay'] + [o for o in options if o not in ('lr', 'weight_decay')]
-        unknown = check_keys(kwargs, valid, 'optimizer.')
-        if unknown:
-            return [f'{u[:-1]} (options of {name!r}).' if u.endswith('.') else u for u in unknown]
+    options, var_kwargs = builder_options(OPTIMIZERS[name], skip_first=True) if name in OPTIMIZERS else ([], False)
+    valid = ['lr', 'weight_decay'] + [o for o in options if o not in ('lr', 'weight_decay')]
+    problems = section_name_and_key_problems('optimizer', name, OPTIMIZERS, options=valid, open_ended=var_kwargs,
+                                             given=kwargs, what='optimizer')
+    if problems:
+        return problems
     try:
         build_optimizer(nn.Linear(2, 2), name=name, lr=lr, weight_decay=weight_decay, **kwargs)
     except (TypeError, ValueError) as e:

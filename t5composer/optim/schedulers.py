@@ -381,16 +381,13 @@ def scheduler_problems(name: str, *, base_lr: float, kwargs: dict[str, Any]) -> 
     Returns:
         One message per problem (empty when the scheduler builds).
     """
-    from t5composer.config.validation import check_keys, closest
+    from t5composer.registry import section_name_and_key_problems
 
-    if name not in SCHEDULERS:
-        return [f"'scheduler.name' {name!r} is not a registered schedule.{closest(name, SCHEDULERS)} "
-                f"Registered: {', '.join(sorted(SCHEDULERS))}."]
-    options, var_kwargs = builder_options(SCHEDULERS[name], skip_first=False)
-    if not var_kwargs:
-        unknown = check_keys(kwargs, ['name'] + [o for o in options if o != 'base_lr'], 'scheduler.')
-        if unknown:
-            return [f'{u[:-1]} (options of {name!r}).' if u.endswith('.') else u for u in unknown]
+    options, var_kwargs = builder_options(SCHEDULERS[name], skip_first=False) if name in SCHEDULERS else ([], False)
+    problems = section_name_and_key_problems('scheduler', name, SCHEDULERS, options=[o for o in options if o != 'base_lr'],
+                                             open_ended=var_kwargs, given=kwargs, what='schedule')
+    if problems:
+        return problems
     try:
         build_scheduler(name, base_lr=base_lr, **kwargs)
     except (TypeError, ValueError) as e:
