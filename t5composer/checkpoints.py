@@ -227,17 +227,9 @@ def recover_checkpoints(folder: str, *, latest_name: str = _LATEST) -> Checkpoin
     return report
 
 
-def _model_state(checkpoint_path: str) -> dict[str, Any]:
-    import torch
-
-    # mmap: shapes only; the weights are read later by Composer.
-    state = torch.load(checkpoint_path, map_location='cpu', weights_only=False, mmap=True)
-    return state.get('state', {}).get('model', {})
-
-
-def model_shape_problems(checkpoint_path: str, model_state: dict[str, Any]) -> list[str]:
-    """Keys of ``model_state`` (a model's state_dict) that the checkpoint lacks, has extra or shapes differently."""
-    saved = _model_state(checkpoint_path)
+def model_shape_problems(saved: dict[str, Any], model_state: dict[str, Any]) -> list[str]:
+    """Keys of ``model_state`` (a model's state_dict) that ``saved`` (a checkpoint's
+    ``state['model']``) lacks, has extra or shapes differently."""
     problems = []
     for key, tensor in model_state.items():
         if key not in saved:

@@ -581,7 +581,7 @@ def build_trainer(
     except ValueError as e:  # weights that are not safetensors, or none at all
         raise ConfigError([f'model.name: {e}']) from e
 
-    _check_checkpoint_shapes(resume_path or cfg.load_path, model, cfg)
+    _check_start_checkpoint(resume_path or cfg.load_path, model, cfg, resumed=resume_path is not None)
 
     optimizer = build_optimizer(model, name=cfg.optimizer.name, lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay, **cfg.optimizer.kwargs)
     scheduler = build_scheduler(cfg.scheduler.name, base_lr=cfg.optimizer.lr, **cfg.scheduler.kwargs)
@@ -714,8 +714,6 @@ def _prepare_checkpoints(cfg: TrainConfig) -> Optional[str]:
         if dist.get_global_rank() != 0:
             link = os.path.join(folder, 'latest-rank0.pt')
             resume_path = link if os.path.exists(link) else None
-    if resume_path is not None and dist.get_global_rank() == 0:
-        _report_world_size_change(resume_path, cfg)
     if resume_path is None and cfg.load_path and '://' not in cfg.load_path:
         if not os.path.exists(cfg.load_path):
             raise ConfigError([
@@ -730,18 +728,17 @@ def _prepare_checkpoints(cfg: TrainConfig) -> Optional[str]:
     return resume_path
 
 
-def _report_world_size_change(path: str, cfg: TrainConfig) -> None:
+def _report_world_size_change(path: str, rng: Any, cfg: TrainConfig) -> None:
     """Say so when a run resumes on another number of processes (it continues with the same global batch)."""
     from composer.utils import dist
 
-    saved = torch.load(path, map_location='cpu', weights_only=False, mmap=True).get('rng')
     now = dist.get_world_size()
-    if isinstance(saved, list) and saved and len(saved) != now:
+    if isinstance(rng, list) and rng and len(rng) != now:
         log.warning(
             'Resuming %s, whose checkpoints were saved by %d process(es), on %d: the global batch stays %d (%d per process), '
             'the data continues at the same global sample in the same order, and the results match an uninterrupted run '
             'up to the summation order of the gradient all-reduce. Random states of ranks that did not exist are re-seeded.',
-            path, len(saved), now, cfg.global_train_batch_size, cfg.global_train_batch_size // now,
+            path, len(rng), now, cfg.global_train_batch_size, cfg.global_train_batch_size // now,
         )
 
 
@@ -758,13 +755,25 @@ def _older_checkpoints_hint(path: str) -> str:
     return ' No intact checkpoint is beside it.'
 
 
-def _check_checkpoint_shapes(path: Optional[str], model: Any, cfg: TrainConfig) -> None:
-    """A checkpoint from another model shape gets the list of mismatched keys, not a load traceback."""
-    if path is None or '://' in path or not os.path.isfile(path) or not cfg.load_strict_model_weights:
+def _check_start_checkpoint(path: Optional[str], model: Any, cfg: TrainConfig, *, resumed: bool) -> None:
+    """Read the checkpoint the run starts from once (mmap: no weights are read) to say when a
+    resume changes the number of processes, and to list the keys of a checkpoint from another
+    model shape instead of a load traceback."""
+    from composer.utils import dist
+
+    if path is None or '://' in path or not os.path.isfile(path):
+        return
+    report = resumed and dist.get_global_rank() == 0
+    if not (report or cfg.load_strict_model_weights):
         return
     from t5composer.checkpoints import model_shape_problems
 
-    problems = model_shape_problems(path, model.state_dict())
+    checkpoint = torch.load(path, map_location='cpu', weights_only=False, mmap=True)
+    if report:
+        _report_world_size_change(path, checkpoint.get('rng'), cfg)
+    if not cfg.load_strict_model_weights:
+        return
+    problems = model_shape_problems(checkpoint.get('state', {}).get('model', {}), model.state_dict())
     if problems:
         raise ConfigError([
             f"The checkpoint {path} holds a model of a different shape than this config builds "
