@@ -214,6 +214,24 @@ def test_two_workers_identical_and_tokenizers_backend(converted, c4_dir, tok_dir
     np.testing.assert_array_equal(rows.reshape(-1), stream[: rows.size])
 
 
+def test_one_worker_tokenizes_on_its_own_thread(tmp_path, c4_dir, tok_dir, monkeypatch):
+    # num_workers=1 overlaps reading and writing with tokenizing (the tokenizers release the GIL).
+    import threading
+
+    import t5composer.tokenization as tokenization
+
+    real, threads = tokenization.BatchEncoder.__call__, set()
+
+    def recording(self, texts):
+        threads.add(threading.current_thread().name)
+        return real(self, texts)
+
+    monkeypatch.setattr(tokenization.BatchEncoder, '__call__', recording)
+    meta = convert_c4(source=str(c4_dir[0]), out_root=tmp_path / 'one', splits=['val'], tokenizer=str(tok_dir),
+                      input_length=64, chunk_docs=3, progress=False)['val']
+    assert meta['docs'] > 3 and threads and all(t.startswith('t5composer-tokenizer') for t in threads)
+
+
 def test_max_docs(tmp_path, c4_dir, tok_dir):
     for workers in (1, 2):
         meta = convert_c4(source=str(c4_dir[0]), out_root=tmp_path / f'm{workers}', splits=['train'],
@@ -244,15 +262,17 @@ def test_failure_leaves_no_temp_dir(tmp_path, c4_dir, tok_dir, monkeypatch):
     out = tmp_path / 'fail'
     convert_c4(source=str(c4_dir[0]), out_root=out, splits=['val'], tokenizer=str(tok_dir), input_length=64, progress=False)
     before = (out / 'val' / 'index.json').read_bytes()
-    real, calls = c4_convert._encode_chunk, []
+    import t5composer.tokenization as tokenization
 
-    def flaky(chunk):
+    real, calls = tokenization.BatchEncoder.__call__, []
+
+    def flaky(self, texts):  # num_workers=1: raises on the tokenizer thread, mid-way through train
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError('boom mid-way')
-        return real(chunk)
+        return real(self, texts)
 
-    monkeypatch.setattr(c4_convert, '_encode_chunk', flaky)
+    monkeypatch.setattr(tokenization.BatchEncoder, '__call__', flaky)
     with pytest.raises(RuntimeError, match='boom'):
         convert_c4(source=str(c4_dir[0]), out_root=out, splits=['train', 'val'], tokenizer=str(tok_dir),
                    input_length=64, overwrite=True, chunk_docs=4, progress=False)

@@ -15,8 +15,14 @@ Variants, on the same documents (tokens counted with one EOS per document, as th
   seconds (``t5composer_meta.json``: reading gzip, JSON, tokenizing, rows, MDS with zstd; pool
   start-up included), each run in a fresh interpreter as the command runs it. Per worker =
   tokens/s / N; ``vs raw`` compares that with the raw speed of the
-  backend the converter used (its metadata's ``encoder``). With N >= 2 the main process reads and
-  writes beside the N workers, so it needs N + 1 cores to reach N times one worker.
+  backend the converter used (its metadata's ``encoder``). With 1 worker the tokenizer is a
+  thread of the converter's process, beside the thread that reads, parses and writes; with N >= 2
+  the main process reads and writes beside N worker processes, so it needs N + 1 cores to reach
+  N times one worker. ``main process cores``: the converter process's CPU time over its wall
+  time (the whole call; with N >= 2 the workers' CPU is not in it).
+
+Rounds: every variant runs once per round (``--warmup`` rounds dropped, then ``--repeats``), so
+the medians compare runs made minutes apart under the same conditions.
 
 Peak memory: this process's for the raw encoders, the converter's main process's for
 ``convert_c4`` (its workers are separate processes).
@@ -33,10 +39,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
-from t5composer.bench.measure import measure
+from t5composer.bench.measure import peak_memory_mib, reset_peak_memory
 
 HELP = 'convert_c4 tokens/s per worker vs sentencepiece / HF tokenizers batch encode'
 
@@ -46,6 +53,7 @@ COLUMNS = (
     ('tokens_per_s_per_worker', 'per worker', '{:,.0f}'),
     ('vs_raw', 'vs raw', '{:.0%}'),
     ('median_s', 'median s', '{:.2f}'),
+    ('main_cores', 'main process cores', '{:.2f}'),
     ('peak_mib', 'peak MiB', '{:.0f}'),
 )
 
@@ -89,9 +97,12 @@ def _source(args: argparse.Namespace, tmp: Path) -> tuple[Path, str, str]:
 
 
 _CONVERT = """
-import json, sys
+import json, sys, time
 from t5composer.data.c4_convert import convert_c4
+import streaming  # imported before the clocks start, as convert_c4 does before a split's clock
+cpu, wall = time.process_time(), time.perf_counter()
 meta = convert_c4(**json.loads(sys.argv[1]))['train']
+meta['main_cores'] = (time.process_time() - cpu) / (time.perf_counter() - wall)
 with open('/proc/self/status') as f:
     meta['peak_mib'] = next((int(line.split()[1]) / 1024 for line in f if line.startswith('VmHWM:')), None)
 print(json.dumps(meta))
@@ -135,42 +146,64 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         data = f'{what} x{args.converter_copies} ({len(texts):,} docs), tokenizer {tokenizer_name}'
         print(f'  [converter] {data}', flush=True)
 
-        rows: list[dict[str, Any]] = []
-        raw: dict[str, float] = {}
-
-        def add_raw(name: str, backend: str, encode: Any, docs: int) -> None:
-            m = measure(encode, device='cpu', warmup=args.warmup, repeats=args.repeats)
-            tokens = sum(len(x) for x in m['result']) + docs  # + one EOS per document, as converted
-            raw[backend] = tokens / m['median_s']
-            rows.append({'variant': name, 'backend': backend, 'tokens': tokens, 'workers': 1,
-                         'tokens_per_s': raw[backend], 'tokens_per_s_per_worker': raw[backend],
-                         'median_s': m['median_s'], 'times_s': m['times_s'], 'peak_mib': m['peak_mib'], 'data': data})
-            print(f'  [converter] {name}: {raw[backend]:,.0f} tokens/s', flush=True)
-
         try:
             sp = BatchEncoder(tok, backend='sentencepiece')._sp
         except ValueError:
             sp = None  # no spiece.model behind this tokenizer
+        # One copy of the documents for HF tokenizers: ~10x slower than sentencepiece, and
+        # tokens/s does not depend on how many documents there are.
+        once = texts[: len(texts) // args.converter_copies]
+        raw_variants = [('raw HF tokenizers batch encode (1 thread)', 'tokenizers',
+                         lambda: tok(once, add_special_tokens=False)['input_ids'], len(once))]
         if sp is not None:
-            add_raw('raw sentencepiece encode (1 thread)', 'sentencepiece', lambda: sp.encode(texts, num_threads=1), len(texts))
+            raw_variants.insert(0, ('raw sentencepiece encode (1 thread)', 'sentencepiece',
+                                    lambda: sp.encode(texts, num_threads=1), len(texts)))
+        workers_list = [int(w) for w in str(args.converter_workers).split(',') if w.strip()]
+
+        # Rounds: each round times every variant once, so a load that changes over the minutes the
+        # case takes hits them alike (this machine's single-thread speed drifted by 30% between
+        # runs minutes apart); the first ``warmup`` rounds are dropped.
+        raw_times: dict[str, list[float]] = {name: [] for name, *_ in raw_variants}
+        raw_tokens: dict[str, int] = {}
+        raw_peak: dict[str, float] = {}
+        conversions: dict[int, list[dict[str, Any]]] = {w: [] for w in workers_list}
         old = os.environ.get('TOKENIZERS_PARALLELISM')
         os.environ['TOKENIZERS_PARALLELISM'] = 'false'  # one thread: the per-worker speed
         try:
-            # One copy of the documents: ~10x slower than sentencepiece, and tokens/s does not
-            # depend on how many documents there are.
-            once = texts[: len(texts) // args.converter_copies]
-            add_raw('raw HF tokenizers batch encode (1 thread)', 'tokenizers',
-                    lambda: tok(once, add_special_tokens=False)['input_ids'], len(once))
+            for round_ in range(args.warmup + args.repeats):
+                keep = round_ >= args.warmup
+                for name, _, encode, docs in raw_variants:
+                    reset_peak_memory('cpu')
+                    start = time.perf_counter()
+                    ids = encode()
+                    seconds = time.perf_counter() - start
+                    raw_peak[name] = max(raw_peak.get(name, 0.0), peak_memory_mib('cpu'))
+                    raw_tokens[name] = sum(len(x) for x in ids) + docs  # + one EOS per document, as converted
+                    if keep:
+                        raw_times[name].append(seconds)
+                for workers in workers_list:
+                    kwargs = dict(out_root=str(tmp / 'out'), source=str(tmp / 'en'), splits=['train'], tokenizer=tokenizer_name,
+                                  num_workers=workers, overwrite=True, progress=False)
+                    result = _convert_in_subprocess(kwargs)
+                    if keep:
+                        conversions[workers].append(result)
+                print(f'  [converter] round {round_ + 1}/{args.warmup + args.repeats}' + ('' if keep else ' (warm-up)'), flush=True)
         finally:
             if old is None:
                 os.environ.pop('TOKENIZERS_PARALLELISM', None)
             else:
                 os.environ['TOKENIZERS_PARALLELISM'] = old
 
-        for workers in [int(w) for w in str(args.converter_workers).split(',') if w.strip()]:
-            kwargs = dict(out_root=str(tmp / 'out'), source=str(tmp / 'en'), splits=['train'], tokenizer=tokenizer_name,
-                          num_workers=workers, overwrite=True, progress=False)
-            runs = [_convert_in_subprocess(kwargs) for _ in range(args.warmup + args.repeats)][args.warmup:]
+        rows: list[dict[str, Any]] = []
+        raw: dict[str, float] = {}
+        for name, backend, _, _ in raw_variants:
+            median_s = statistics.median(raw_times[name])
+            raw[backend] = raw_tokens[name] / median_s
+            rows.append({'variant': name, 'backend': backend, 'tokens': raw_tokens[name], 'workers': 1,
+                         'tokens_per_s': raw[backend], 'tokens_per_s_per_worker': raw[backend],
+                         'median_s': median_s, 'times_s': raw_times[name], 'peak_mib': raw_peak[name], 'data': data})
+            print(f'  [converter] {name}: {raw[backend]:,.0f} tokens/s', flush=True)
+        for workers, runs in conversions.items():
             seconds = statistics.median(r['seconds'] for r in runs)
             tokens, backend = runs[0]['tokens'], runs[0]['encoder']
             per_worker = tokens / seconds / workers
@@ -179,6 +212,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 'workers': workers, 'tokens': tokens, 'tokens_per_s': tokens / seconds, 'tokens_per_s_per_worker': per_worker,
                 'vs_raw': per_worker / raw[backend] if backend in raw else None,
                 'median_s': seconds, 'times_s': [r['seconds'] for r in runs], 'rows': runs[0]['rows'],
+                'main_cores': statistics.median(r['main_cores'] for r in runs),
                 'peak_mib': max(r['peak_mib'] for r in runs), 'data': data,
             })
             print(f'  [converter] {rows[-1]["variant"]}: {tokens / seconds:,.0f} tokens/s '
