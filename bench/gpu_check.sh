@@ -20,8 +20,12 @@
 #      synthetic MDS rows of 568 tokens, through the launcher as a user runs it, then its seconds
 #      per step (windows of 10 after the first, which compiles) against the bare step of part 2
 #      (sdpa+compile+opt: forward, backward, clipping, adamwscale): the loop's overhead (target < 10%).
+#   4. only with SCALING=1 (it does not fit the 8 minutes beside parts 2 and 3; e.g. a second run
+#      with SKIP_MODEL=1 SKIP_LOOP=1 SCALING=1): the scaling case (recipes/benchmark.py --only
+#      scaling --device cuda), eager bf16: small/base/large at batch 32, base at batches 16-128 and
+#      lengths 128-2048; time-boxed at 300 s.
 # Knobs (environment): MODEL_VARIANTS, MODEL_MICROBATCH, MODEL_REPEATS (5), LOOP_STEPS (50),
-# LOOP_ATTN (sdpa), SKIP_MODEL=1, SKIP_LOOP=1; for the CPU test of part 3 (tests/test_bench_model.py)
+# LOOP_ATTN (sdpa), SKIP_MODEL=1, SKIP_LOOP=1, SCALING=1, SCALING_ARGS (extra --scaling-* options); for the CPU test of part 3 (tests/test_bench_model.py)
 # LOOP_TOKENIZER, LOOP_INPUT_LENGTH and LOOP_OVERRIDES (extra key=value overrides of the run).
 # Where Composer is already installed (a development machine) nothing is installed.
 set -uo pipefail
@@ -97,6 +101,13 @@ if [ "${SKIP_LOOP:-0}" != 1 ]; then
         "$PY" -m t5composer.bench.train_loop report --log "$OUT/loop.log" \
             --model-json "$OUT/model.json" --model-log "$OUT/model.log" | tee "$OUT/loop_report.md"
     fi
+fi
+# ---- 4. scaling (SCALING=1) ----------------------------------------------------------------
+if [ "${SCALING:-0}" = 1 ]; then
+    say "scaling case"
+    timeout 300 "$PY" recipes/benchmark.py --only scaling --device cuda --warmup 1 --repeats 3 ${SCALING_ARGS:-} \
+        --json "$OUT/scaling.json" 2>&1 | grep -v -E 'UserWarning|warnings.warn' | tee "$OUT/scaling.log"
+    say "scaling case done (exit ${PIPESTATUS[0]}; 124 = stopped at its time limit, the rows printed so far stand)"
 fi
 rm -rf "$WORK"
 say "done; logs and JSON in $OUT"

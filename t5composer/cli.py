@@ -136,7 +136,7 @@ def train_main(argv: Sequence[str], *, extra_callbacks: tuple = ()) -> int:
         preflight(cfg)  # seconds, before the heavy imports: no data, bf16 on CPU, batch sizes
         if int(os.environ.get('RANK', '0')) == 0:
             print(OmegaConf.to_yaml(redact(dataclasses.asdict(cfg), secrets)), flush=True)
-        trainer = build_trainer(cfg, extra_callbacks=extra_callbacks)
+        trainer = build_trainer(cfg, extra_callbacks=extra_callbacks, preflight_done=True)
     except ConfigError as e:
         _print_error(e, secrets)
         return 2

@@ -499,6 +499,7 @@ def build_trainer(
     extra_loggers: tuple = (),
     train: bool = True,
     predictions_folder: Optional[str] = None,
+    preflight_done: bool = False,
 ) -> Any:
     """Build the Composer Trainer that runs ``cfg``.
 
@@ -508,6 +509,9 @@ def build_trainer(
         extra_loggers: logger destinations to add to those the config declares.
         train: False builds an evaluation-only trainer (no train data; ``recipes/evaluate.py``).
         predictions_folder: where generation evals write predictions (default: save_folder).
+        preflight_done: the caller has run :func:`preflight` on ``cfg`` already (the command
+            line does, before its heavy imports), so its checks (a ``data.remote`` probe, a
+            dummy optimizer) are not repeated.
     """
     from composer import Trainer
     from composer.algorithms import GradientClipping
@@ -520,7 +524,8 @@ def build_trainer(
     from t5composer.models import build_composer_t5
     from t5composer.optim import build_optimizer, build_scheduler
 
-    preflight(cfg, train=train)
+    if not preflight_done:
+        preflight(cfg, train=train)
     on_gpu = torch.cuda.is_available()
     if cfg.compile and not on_gpu:
         log.warning('compile: true on CPU compiles with gcc; the first step takes minutes.')

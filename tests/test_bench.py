@@ -37,7 +37,7 @@ def test_help_lists_the_cases(bench, capsys):
     with pytest.raises(SystemExit):
         bench.main(['--help'])
     text = capsys.readouterr().out
-    for name in ('generation', 'collator', 'dataloader', 'converter'):
+    for name in ('generation', 'collator', 'dataloader', 'converter', 'model', 'scaling'):
         assert name in text
 
 
@@ -78,3 +78,37 @@ def test_converter_case(bench, tmp_path):
     assert 'raw HF tokenizers batch encode (1 thread)' in by_variant
     # The converter's tokens (one EOS per document) are exactly the raw encoder's.
     assert converted['tokens'] == raw['tokens'] and converted['vs_raw'] > 0
+
+
+@pytest.mark.slow  # ~15 s: three points, each in a fresh interpreter
+def test_scaling_case(bench, tmp_path):
+    import transformers
+
+    tiny = tmp_path / 'tiny'
+    transformers.T5Config(vocab_size=300, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2, num_decoder_layers=2,
+                          feed_forward_proj='gated-gelu', tie_word_embeddings=False, dropout_rate=0.0).save_pretrained(tiny)
+    rows = run_case(bench, tmp_path, '--only', 'scaling', '--scaling-models', str(tiny), '--scaling-model', str(tiny),
+                    '--scaling-batch', '1', '--scaling-length', '32', '--scaling-batches', '1,2', '--scaling-lengths', '16,32')
+    assert [(r['sweep'], r['batch'], r['lengths']) for r in rows] == [
+        ('model', 1, '32+8'), ('batch', 1, '32+8'), ('batch', 2, '32+8'), ('length', 1, '16+5'), ('length', 1, '32+8')]
+    assert rows[0]['times_s'] == rows[1]['times_s']  # a point shared by sweeps is measured once
+    from t5composer.models import load_model_config, t5_flops_per_batch
+
+    config = load_model_config(str(tiny))
+    for r in rows:
+        assert r['flops_per_step'] == t5_flops_per_batch(config, batch_size=r['batch'], encoder_length=r['encoder_length'],
+                                                         decoder_length=r['decoder_length'])
+        assert r['step_s'] > 0 and r['peak_mib'] > 0 and 0 < r['attention_share'] < 1
+    assert rows[2]['flops_per_step'] == 2 * rows[1]['flops_per_step']  # FLOPs are linear in the batch
+    assert rows[3]['attention_share'] < rows[4]['attention_share']  # and the attention share grows with length
+    assert rows[1]['s_per_flop_vs_first'] == 1.0 and rows[3]['s_per_flop_vs_first'] == 1.0
+
+
+def test_scaling_plan_rejects_an_unknown_sweep(bench):
+    from t5composer.bench import scaling
+
+    args = bench.build_parser().parse_args(['--device', 'cpu', '--scaling-sweeps', 'model,width'])
+    with pytest.raises(ValueError, match="unknown sweep.*'width'.*model,batch,length"):
+        scaling.plan(args)
+    args = bench.build_parser().parse_args(['--device', 'cpu', '--scaling-sweeps', 'batch'])
+    assert [p['batch'] for _, p in scaling.plan(args)] == [1, 2, 4, 8]

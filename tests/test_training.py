@@ -141,6 +141,33 @@ def test_preflight_names_every_first_contact_problem(tmp_path, monkeypatch):
     assert f'python recipes/convert_c4.py --source allenai/c4 --out_root {tmp_path / "c4"} --splits train val' in message
 
 
+def test_command_line_runs_preflight_once(tmp_path, monkeypatch):
+    # train_main checks before its heavy imports; build_trainer must not repeat the checks (a
+    # data.remote probe, a dummy optimizer) for it, but still runs them for library callers.
+    import yaml
+    from composer.utils import dist
+
+    import t5composer.training as training
+    from t5composer.cli import train_main
+
+    calls = []
+    real = training.preflight
+    monkeypatch.setattr(training, 'preflight', lambda cfg, **kw: calls.append(kw) or real(cfg, **kw))
+
+    def stop(*args, **kwargs):  # build_trainer's next step after its preflight
+        raise ConfigError(['stopped after the checks'])
+
+    monkeypatch.setattr(dist, 'initialize_dist', stop)
+    recipe = tmp_path / 'tiny.yaml'
+    recipe.write_text(yaml.safe_dump(tiny(save_folder=str(tmp_path / 'run'))))
+    assert train_main([str(recipe)]) == 2
+    assert len(calls) == 1
+    calls.clear()
+    with pytest.raises(ConfigError, match='stopped after the checks'):
+        build_trainer(config_from_dict(tiny()))
+    assert len(calls) == 1
+
+
 @pytest.mark.parametrize('micro, expected', [(3, 'must divide the per-device batch 8'), ('auto', "'auto' needs a GPU")])
 def test_preflight_microbatch(micro, expected, monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)

@@ -238,13 +238,14 @@ def _parse_variant(spec: str) -> tuple[str, set[str]]:
     return impl, set(flags)
 
 
-def make_batch(vocab_size: int, *, batch: int, device: str, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A span-corruption shaped batch of random ids: encoder 512, decoder 114, no padding."""
+def make_batch(vocab_size: int, *, batch: int, device: str, seed: int = 0, encoder_length: int = ENCODER_LENGTH,
+               decoder_length: int = DECODER_LENGTH) -> dict[str, torch.Tensor]:
+    """A span-corruption shaped batch of random ids (default: encoder 512, decoder 114), no padding."""
     from t5composer.models import shift_right
 
     g = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(2, min(vocab_size, 32000), (batch, ENCODER_LENGTH), generator=g)
-    labels = torch.randint(2, min(vocab_size, 32000), (batch, DECODER_LENGTH), generator=g)
+    input_ids = torch.randint(2, min(vocab_size, 32000), (batch, encoder_length), generator=g)
+    labels = torch.randint(2, min(vocab_size, 32000), (batch, decoder_length), generator=g)
     decoder_input_ids = shift_right(labels, decoder_start_token_id=0, pad_token_id=0)
     return {k: v.to(device) for k, v in (('input_ids', input_ids), ('labels', labels), ('decoder_input_ids', decoder_input_ids))}
 
