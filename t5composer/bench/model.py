@@ -270,7 +270,7 @@ def build_variant(
     spec: str,
     *,
     ours: torch.nn.Module,
-    hf_model: torch.nn.Module,
+    hf_model: torch.nn.Module | None,
     batch: dict[str, torch.Tensor],
     microbatch: int,
     device: str,
