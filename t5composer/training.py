@@ -605,6 +605,10 @@ def build_trainer(
 
         callbacks.append(PredictionWriter(folder=predictions_folder or cfg.save_folder))
     folder = _save_folder(cfg)
+    if train and folder is not None and cfg.save_num_checkpoints_to_keep > 0:
+        from t5composer.callbacks.checkpoint_rotation import CheckpointRotation
+
+        callbacks.append(CheckpointRotation(save_folder=folder))  # keep N across resumes, not per process
     loggers = build_components('loggers', _with_default_log_dirs(cfg.loggers, folder)) + list(extra_loggers)
     if train and folder is not None:
         from t5composer.loggers import MetricsJSONL

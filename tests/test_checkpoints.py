@@ -212,3 +212,35 @@ def test_resuming_with_another_model_shape_lists_the_keys(tmp_path):
     assert 'different shape' in message and str(folder) in message
     assert 'model.encoder.block.0.layer.1.DenseReluDense.wi_0.weight: checkpoint [64, 32] vs model [96, 32]' in message
     assert 'new run' in message
+
+
+@pytest.mark.slow
+def test_checkpoints_to_keep_holds_across_resumes_and_spares_other_folders(tmp_path):
+    # Composer rotates only what its own process saved; after a resume the earlier run's
+    # checkpoints used to stay for ever (4 files here instead of 2).
+    def checkpoints(folder):
+        return sorted(n for n in os.listdir(folder) if n.startswith('ep'))
+
+    folder = tmp_path / 'run'
+    run = dict(run_name='run', save_folder=str(folder), save_interval='2ba', save_num_checkpoints_to_keep=2, autoresume=True)
+    first = build_trainer(config_from_dict(tiny(max_duration='6ba', **run)))
+    first.fit()
+    first.close()
+    assert checkpoints(folder) == ['ep0-ba4-rank0.pt', 'ep0-ba6-rank0.pt']
+    resumed = build_trainer(config_from_dict(tiny(max_duration='10ba', **run)))
+    assert int(resumed.state.timestamp.batch) == 6
+    resumed.fit()
+    resumed.close()
+    assert checkpoints(folder) == ['ep0-ba10-rank0.pt', 'ep0-ba8-rank0.pt']
+    assert os.path.realpath(folder / 'latest-rank0.pt').endswith('ep0-ba10-rank0.pt')
+
+    # A new run loading the full state from that folder inherits its list of checkpoints, but
+    # rotates only its own folder's.
+    other = tmp_path / 'other'
+    branch = build_trainer(config_from_dict(tiny(run_name='other', save_folder=str(other), save_interval='2ba',
+                                                 save_num_checkpoints_to_keep=1, max_duration='14ba',
+                                                 load_path=str(folder / 'ep0-ba10-rank0.pt'))))
+    branch.fit()
+    branch.close()
+    assert checkpoints(other) == ['ep0-ba14-rank0.pt']
+    assert checkpoints(folder) == ['ep0-ba10-rank0.pt', 'ep0-ba8-rank0.pt']
