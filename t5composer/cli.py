@@ -13,7 +13,7 @@ from t5composer.config.validation import ConfigError
 __all__ = ['train_main', 'evaluate_main', 'limit_cpu_threads']
 
 USAGE = ('usage: composer recipes/train.py <recipe.yaml> [key=value ...] [--dry-run [--dry-run-gpus N]]   (e.g. yamls/demo.yaml optimizer.lr=0.01)\n'
-         '  --dry-run: validate and build everything but the data and the GPUs, print a summary, exit (N GPUs, default 8)')
+         '  --dry-run: validate and build everything but the data and the GPUs, print a summary, exit (N GPUs; default 8 for an FSDP recipe, else 1)')
 
 
 def limit_cpu_threads() -> None:

@@ -82,16 +82,19 @@ def parse_dry_run_args(argv: Sequence[str]) -> tuple[list[str], Optional[DryRunA
     return rest, args
 
 
-def target_gpus(requested: Optional[int], environ: Optional[dict] = None) -> tuple[int, str]:
+def target_gpus(requested: Optional[int], environ: Optional[dict] = None, *, sharded: bool = False) -> tuple[int, str]:
     """How many GPUs the dry run plans for, and why.
 
     ``--dry-run-gpus`` wins; then WORLD_SIZE when the launcher started several processes
-    (``composer -n 8 ... --dry-run``); otherwise 8. A plain ``composer`` launch on a machine
+    (``composer -n 8 ... --dry-run``); otherwise what the recipe is written for: one node of 8
+    for an FSDP recipe, 1 GPU for the others (pt_base's microbatch of 128 is its whole batch, so
+    checking it for 8 GPUs would only report that). A plain ``composer`` launch on a machine
     without GPUs starts one process, which says nothing about the cluster the recipe targets.
 
     Args:
         requested: ``--dry-run-gpus``, or None.
         environ: the environment (default: ``os.environ``).
+        sharded: the recipe sets ``parallelism_config.fsdp``.
     """
     environ = os.environ if environ is None else environ
     if requested is not None:
@@ -99,7 +102,9 @@ def target_gpus(requested: Optional[int], environ: Optional[dict] = None) -> tup
     world = environ.get('WORLD_SIZE', '')
     if world.isdigit() and int(world) > 1:
         return int(world), 'WORLD_SIZE'
-    return DEFAULT_GPUS, 'default; --dry-run-gpus N for another count'
+    if sharded:
+        return DEFAULT_GPUS, 'an FSDP recipe: one node; --dry-run-gpus N for another count'
+    return 1, 'a recipe without FSDP; --dry-run-gpus N for a multi-GPU run'
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,9 +431,9 @@ def dry_run(cfg: TrainConfig, *, recipe: str = '<config>', gpus: Optional[int] =
     """
     from t5composer.models import build_composer_t5
     from t5composer.optim import build_optimizer, build_scheduler
-    from t5composer.training import plan_data, preflight, trainer_parallelism_config
+    from t5composer.training import _batch_sizes, plan_data, preflight, trainer_parallelism_config
 
-    world, why = target_gpus(gpus)
+    world, why = target_gpus(gpus, sharded=bool(cfg.parallelism_config is not None and cfg.parallelism_config.fsdp))
     notes = list(preflight(cfg, dry_run_gpus=world))
     on_gpu = torch.cuda.is_available()
     fsdp = trainer_parallelism_config(cfg)
@@ -466,8 +471,7 @@ def dry_run(cfg: TrainConfig, *, recipe: str = '<config>', gpus: Optional[int] =
     plan = fsdp_plan(model) if fsdp else None
     mem = memory_estimate(cfg, model, plan, world)
     enc_len, dec_len = _lengths(cfg)
-    device_batch = cfg.global_train_batch_size // world
-    micro = cfg.device_train_microbatch_size or device_batch
+    device_batch, micro, _ = _batch_sizes(cfg, world)
     fsdp_opts = fsdp['fsdp'] if fsdp else {}
     checkpointing = bool(fsdp_opts.get('activation_checkpointing')) or cfg.model.gradient_checkpointing
     e = 2 if cfg.precision in ('amp_bf16', 'amp_fp16') else 4

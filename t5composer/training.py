@@ -288,7 +288,9 @@ def _batch_size_problems(cfg: TrainConfig, world_size: int, on_gpu: bool) -> lis
     mb = cfg.device_train_microbatch_size
     if mb == 'auto' and not on_gpu:
         return ["device_train_microbatch_size 'auto' needs a GPU; on CPU set an integer that divides the per-device batch."]
-    if isinstance(mb, int) and (mb > device_batch or device_batch % mb):
+    # Larger than the per-device batch is fine: the device batch is then one microbatch (as in
+    # llm-foundry), so pt_base's 128 also runs as written on 8 GPUs (16 rows each).
+    if isinstance(mb, int) and mb < device_batch and device_batch % mb:
         return [
             f'device_train_microbatch_size {mb} must divide the per-device batch {device_batch} '
             f'(global_train_batch_size {g} / {world_size} process(es)); pick a divisor of {device_batch}.',
@@ -297,8 +299,14 @@ def _batch_size_problems(cfg: TrainConfig, world_size: int, on_gpu: bool) -> lis
 
 
 def _batch_sizes(cfg: TrainConfig, world_size: int) -> tuple[int, Any, int]:
+    """``(per-device batch, microbatch, eval batch)``; a microbatch above the device batch becomes the device batch."""
     device_batch = cfg.global_train_batch_size // world_size
     micro = cfg.device_train_microbatch_size or device_batch
+    if isinstance(micro, int) and micro > device_batch:
+        log.info('device_train_microbatch_size %d is more than the per-device batch %d (%d / %d processes): '
+                 'each device runs its batch as one microbatch of %d.', micro, device_batch,
+                 cfg.global_train_batch_size, world_size, device_batch)
+        micro = device_batch
     eval_batch = cfg.device_eval_batch_size or (micro if isinstance(micro, int) else device_batch)
     return device_batch, micro, eval_batch
 

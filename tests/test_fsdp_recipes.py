@@ -117,7 +117,7 @@ def test_xl_dry_run_through_recipes_train_py(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = out.stdout
     assert 'google/t5-v1_1-xl: 2,849,757,184 parameters' in text
-    assert 'for 8 GPU(s) (default' in text and 'global 128 = 8 GPU(s) x 16; microbatch 16, no gradient accumulation' in text
+    assert 'for 8 GPU(s) (an FSDP recipe: one node' in text and 'global 128 = 8 GPU(s) x 16; microbatch 16, no gradient accumulation' in text
     assert 'FULL_SHARD over 8 GPU(s)' in text
     assert 'wrap units: 46 T5Block (23 encoder, 23 decoder)' in text
     assert 'activation checkpointing of 48 T5Block (24 encoder, 24 decoder) (non-reentrant)' in text
@@ -163,3 +163,12 @@ def test_dry_run_gpus_needs_a_number(capsys):
 
     assert train_main([str(REPO / 'yamls' / 'pt_xl.yaml'), '--dry-run-gpus']) == 2
     assert '--dry-run-gpus needs a positive number of GPUs' in capsys.readouterr().err
+
+
+def test_dry_run_plans_one_node_for_fsdp_recipes_and_one_gpu_otherwise():
+    from t5composer.dry_run import target_gpus
+
+    assert target_gpus(None, {}, sharded=True) == (8, 'an FSDP recipe: one node; --dry-run-gpus N for another count')
+    assert target_gpus(None, {}, sharded=False)[0] == 1  # pt_base as written: its microbatch is its batch
+    assert target_gpus(None, {'WORLD_SIZE': '4'}, sharded=False) == (4, 'WORLD_SIZE')
+    assert target_gpus(2, {'WORLD_SIZE': '4'}, sharded=True) == (2, '--dry-run-gpus')

@@ -177,6 +177,18 @@ def test_preflight_microbatch(micro, expected, monkeypatch):
         preflight(cfg)
 
 
+def test_microbatch_above_the_device_batch_runs_the_device_batch_as_one(monkeypatch):
+    # pt_base (batch 128, microbatch 128) launched on 8 GPUs: 16 rows each, one microbatch of 16.
+    from t5composer.training import _batch_sizes
+
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    monkeypatch.setenv('WORLD_SIZE', '8')
+    cfg = config_from_dict(tiny(global_train_batch_size=128, device_train_microbatch_size=128, device_eval_batch_size=None))
+    preflight(cfg)  # no problem reported
+    assert _batch_sizes(cfg, 8) == (16, 16, 16)
+    assert _batch_sizes(cfg, 1) == (128, 128, 128)
+
+
 def test_first_contact_without_data_is_fast_and_gives_the_command(tmp_path):
     env = {**os.environ, 'CUDA_VISIBLE_DEVICES': ''}
     out = subprocess.run(
