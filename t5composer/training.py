@@ -636,8 +636,8 @@ def build_trainer(
         model=model,
         train_dataloader=parts.train_loader,
         eval_dataloader=parts.evaluators or None,
-        eval_interval=cfg.eval_interval,
-        eval_subset_num_batches=cfg.eval_subset_num_batches,
+        # Without evaluators (data.eval_split=null) Composer warns that these have no effect.
+        **({'eval_interval': cfg.eval_interval, 'eval_subset_num_batches': cfg.eval_subset_num_batches} if parts.evaluators else {}),
         max_duration=cfg.max_duration if train else None,
         optimizers=optimizer,
         schedulers=scheduler,
