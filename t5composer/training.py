@@ -596,7 +596,9 @@ def build_trainer(
 
     _check_start_checkpoint(resume_path or cfg.load_path, model, cfg, resumed=resume_path is not None)
 
-    optimizer = build_optimizer(model, name=cfg.optimizer.name, lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay, **cfg.optimizer.kwargs)
+    sharded = trainer_parallelism_config(cfg) is not None  # FSDP: optimizers see shards of tensors
+    optimizer = build_optimizer(model, name=cfg.optimizer.name, lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay,
+                                sharded=sharded, **cfg.optimizer.kwargs)
     scheduler = build_scheduler(cfg.scheduler.name, base_lr=cfg.optimizer.lr, **cfg.scheduler.kwargs)
 
     algorithms = build_components('algorithms', cfg.algorithms)

@@ -54,6 +54,8 @@ def test_fsdp_keys_and_values_match_the_installed_composer():
     (['parallelism_config.fsdp.state_dict_type=sharded'], 'set state_dict_type: full'),
     (['parallelism_config.fsdp.limit_all_gathers=3'], "'parallelism_config.fsdp.limit_all_gathers' must be true or false, got 3."),
     (['model.gradient_checkpointing=true'], "When setting 'parallelism_config.fsdp.activation_checkpointing: true' you must set 'model.gradient_checkpointing: false'"),
+    (['optimizer.name=adafactor', 'optimizer.lr=0.01', '~optimizer.weight_decay'],
+     "optimizer 'adafactor' cannot be combined with 'parallelism_config.fsdp'"),
 ])
 def test_bad_fsdp_settings_are_named(overrides, expected):
     with pytest.raises(ConfigError) as info:
@@ -92,7 +94,7 @@ def test_wrap_and_checkpoint_policies_select_the_t5_blocks():
     assert sum(plan.unit_params.values()) == model.model.num_parameters() == 2_849_757_184
 
 
-def test_fsdp_units_give_the_gradients_of_the_unwrapped_model():
+def test_fsdp_units_give_the_gradients_and_adamwscale_step_of_the_unwrapped_model():
     env = {**os.environ, 'CUDA_VISIBLE_DEVICES': '', 'PYTHONWARNINGS': 'ignore'}
     out = subprocess.run([sys.executable, str(REPO / 'tests' / 'drivers' / 'fsdp_cpu.py')], env=env,
                          capture_output=True, text=True, timeout=180)
@@ -102,6 +104,11 @@ def test_fsdp_units_give_the_gradients_of_the_unwrapped_model():
         assert 'error' not in r, r
         assert r['compared'] == r['parameters']
         assert r['max_grad_diff'] < 1e-5, r
+        # The step of 1e-2 x RMS per weight matches when the RMS is the whole tensor's, not when a shard's.
+        assert r['max_step_diff_sharded_rms'] < 1e-6 < 1e-4 < r['max_step_diff_shard_local_rms'], r
+        # nanot5_log's Grad_l2 / Weights_l2 over shards: the whole model's, not this rank's part.
+        assert r['copies'] == 1 and r['grad_l2_diff'] < 1e-4 and r['weights_l2_diff'] < 1e-3, r
+        assert r['grad_l2_local_diff'] > 1e-2, r
         assert r['fsdp_units'] == 5 and r['checkpointed'] == 6  # root + blocks 1-2 of each stack; all 6 blocks
 
 

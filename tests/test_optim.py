@@ -186,6 +186,23 @@ def test_param_groups_split():
     assert not is_no_decay('lm_head.weight', torch.ones(4, 4))
 
 
+def test_sharded_runs_ask_adamwscale_for_whole_tensor_rms():
+    # Under FSDP (build_trainer passes sharded=True) adamwscale takes each RMS over the whole
+    # tensor (tests/drivers/fsdp_cpu.py checks the step on real shards); others take no such option.
+    model = TinyT5Block()
+    assert build_optimizer(model, name='adamwscale', lr=1e-2, sharded=True).sharded_params is True
+    assert build_optimizer(model, name='adamwscale', lr=1e-2).sharded_params is False
+    assert isinstance(build_optimizer(model, name='adamw', lr=1e-2, sharded=True), torch.optim.AdamW)
+    # One process: the whole tensor is the local one, so the step is the plain one.
+    torch.manual_seed(0)
+    a, b = TinyT5Block(), TinyT5Block()
+    b.load_state_dict(a.state_dict())
+    for m, sharded in ((a, False), (b, True)):
+        m(torch.ones(3, 4)).pow(2).mean().backward()
+        AdamWScale(m.parameters(), lr=1e-2, sharded_params=sharded).step()
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+
+
 @pytest.mark.parametrize('name', ['adamwscale', 'adamw', 'adafactor'])
 def test_build_and_step(name):
     torch.manual_seed(0)

@@ -4,7 +4,9 @@
 
 Loss, gradient norm and seconds per step are averages over the window since the last line;
 the gradient norm is taken before clipping (like the reference), weights norm and lr at the
-moment of printing.
+moment of printing. Under FSDP each process holds shards of the weights and gradients, so the
+norms sum the shards' squares across processes (divided by the number of copies each element
+has: 1 for FULL_SHARD, the replica count for HYBRID_SHARD).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from typing import Optional, TextIO
 
 import torch
+import torch.distributed
 from composer.core import Callback, Event, State, Time, TimeUnit
 from composer.loggers import Logger
 from composer.utils import dist
@@ -21,11 +24,32 @@ from composer.utils import dist
 __all__ = ['NanoT5Log']
 
 
-def _global_l2(tensors: list[torch.Tensor]) -> torch.Tensor:
-    if not tensors:
-        return torch.zeros(())
-    norms = torch._foreach_norm(tensors, 2.0)
-    return torch.linalg.vector_norm(torch.stack([n.float() for n in norms]), 2.0)
+def global_l2(tensors: list[torch.Tensor], *, copies: Optional[int] = None, device: Optional[torch.device] = None) -> torch.Tensor:
+    """L2 norm of all ``tensors`` together.
+
+    Args:
+        tensors: this process's tensors.
+        copies: None when the tensors are whole (the norm is local); else the tensors are shards
+            (FSDP): the squares are summed over every process (a collective) and divided by how
+            many processes hold each element.
+        device: where the sum is kept when this process holds no tensor (a collective still needs one).
+    """
+    squares = torch.stack([n.float().square() for n in torch._foreach_norm(tensors, 2.0)]).sum() if tensors \
+        else torch.zeros((), device=device)
+    if copies is not None:
+        torch.distributed.all_reduce(squares)
+        squares = squares / copies
+    return squares.sqrt()
+
+
+def fsdp_copies(model: torch.nn.Module) -> Optional[int]:
+    """How many processes hold each element of an FSDP-sharded ``model``; None without FSDP."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    unit = next((m for m in model.modules() if isinstance(m, FSDP)), None)
+    if unit is None:
+        return None
+    return max(1, torch.distributed.get_world_size() // unit.process_group.size())
 
 
 class NanoT5Log(Callback):
@@ -41,6 +65,8 @@ class NanoT5Log(Callback):
             raise ValueError(f'nanot5_log.interval must be positive, got {interval}.')
         self.interval = interval
         self.stream = stream
+        self._copies: Optional[int] = None  # FSDP: processes per element (norms are then collectives)
+        self._device: Optional[torch.device] = None
         self._reset()
 
     def _reset(self) -> None:
@@ -53,11 +79,13 @@ class NanoT5Log(Callback):
     def run_event(self, event: Event, state: State, logger: Logger) -> None:
         if event == Event.FIT_START:
             self._reset()
+            self._copies = fsdp_copies(state.model)
+            self._device = next(state.model.parameters()).device
         elif event == Event.AFTER_BACKWARD:
             # Gradients accumulate over microbatches, so the last value of a batch is the full
             # gradient; GradientClipping runs later (AFTER_TRAIN_BATCH), so this is pre-clip.
             grads = [p.grad for p in state.model.parameters() if p.grad is not None]
-            self._last_grad_norm = _global_l2(grads)
+            self._last_grad_norm = global_l2(grads, copies=self._copies, device=self._device)
         elif event == Event.BATCH_END:
             self._on_batch_end(state, logger)
 
@@ -76,7 +104,7 @@ class NanoT5Log(Callback):
         if step % self.interval != 0:
             return
         seconds = (time.perf_counter() - self._window_start) / self._steps
-        weights = _global_l2([p.detach() for p in state.model.parameters()])
+        weights = global_l2([p.detach() for p in state.model.parameters()], copies=self._copies, device=self._device)
         lr = state.optimizers[0].param_groups[0]['lr'] if state.optimizers else float('nan')
         stats = {
             'Loss': float(self._loss_sum) / self._steps,

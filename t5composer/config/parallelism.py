@@ -109,6 +109,13 @@ def parallelism_problems(cfg: Any) -> list[str]:
         p.append("When setting 'parallelism_config.fsdp.activation_checkpointing: true' you must set 'model.gradient_checkpointing: false': "
                  'both checkpoint every T5 block, and together they recompute each block twice. Under FSDP use the FSDP option '
                  '(its checkpoint wrapper sits inside each FSDP unit).')
+    if cfg.optimizer.name == 'adafactor':
+        # FSDP hands the optimizer flat 1-D shards: Adafactor would keep full second moments
+        # instead of factored ones and scale each shard by its own RMS, a different optimizer.
+        p.append("optimizer 'adafactor' cannot be combined with 'parallelism_config.fsdp': FSDP gives the optimizer flat 1-D shards "
+                 "of each weight, so Adafactor could neither factor its second moments nor scale by a whole weight's RMS. Use "
+                 "optimizer.name=adamwscale (pt_large's and pt_xl's; its RMS is taken over whole tensors under FSDP), or train "
+                 'without FSDP (override ~parallelism_config).')
     data = cfg.data
     if getattr(data, 'name', None) == 'sni' and getattr(data, 'eval', False):
         p.append("'parallelism_config.fsdp' cannot be used with 'data.eval: true' (SNI generation eval): generation calls the model "

@@ -28,9 +28,13 @@ class AdamWScale(Optimizer):
         p -= step_size * m / (sqrt(v) + eps)
         p -= lr * weight_decay * p                                          # if weight_decay > 0
 
-    ``RMS(p) = ||p||_2 / sqrt(numel(p))``. The step count is stored per parameter as a Python int,
-    so ``state_dict()`` / ``load_state_dict()`` round trips are exact (a tensor ``step`` from
-    another optimizer's state is accepted on load).
+    ``RMS(p) = ||p||_2 / sqrt(numel(p))`` of the whole tensor. Under FSDP each process holds a
+    shard of every tensor, so with ``sharded_params`` the RMS sums the squares and the element
+    counts of every process's shards (one all-reduce of two numbers per tensor and step); a
+    tensor held whole by several processes (DDP, or HYBRID_SHARD's replicas) counts once per
+    copy in both sums, which leaves the ratio unchanged. The step count is stored per parameter
+    as a Python int, so ``state_dict()`` / ``load_state_dict()`` round trips are exact (a tensor
+    ``step`` from another optimizer's state is accepted on load).
 
     Args:
         params: parameters or parameter groups.
@@ -38,6 +42,9 @@ class AdamWScale(Optimizer):
         betas: coefficients of the running averages of the gradient and its square, each in [0, 1).
         eps: added to the denominator (>= 0).
         weight_decay: decoupled weight decay coefficient (>= 0), applied after the Adam step.
+        sharded_params: the parameters are this process's shards of the model's tensors (FSDP):
+            take each RMS over the whole tensor across processes. Every process must call
+            ``step`` (it is a collective when ``torch.distributed`` runs more than one process).
     """
 
     def __init__(
@@ -48,10 +55,12 @@ class AdamWScale(Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-6,
         weight_decay: float = 0.0,
+        sharded_params: bool = False,
     ) -> None:
         _validate(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         defaults = {'lr': lr, 'betas': tuple(betas), 'eps': eps, 'weight_decay': weight_decay}
         super().__init__(params, defaults)
+        self.sharded_params = bool(sharded_params)
         for group in self.param_groups:
             # Groups may override defaults; check them too.
             _validate(lr=group['lr'], betas=group['betas'], eps=group['eps'], weight_decay=group['weight_decay'])
@@ -59,6 +68,22 @@ class AdamWScale(Optimizer):
     @staticmethod
     def _rms(tensor: torch.Tensor) -> torch.Tensor:
         return tensor.norm(2) / math.sqrt(tensor.numel())
+
+    def _whole_tensor_rms(self) -> dict[int, torch.Tensor] | None:
+        """``{id(p): RMS of p's whole tensor}`` across processes, or None when nothing is sharded."""
+        import torch.distributed as dist
+
+        if not (self.sharded_params and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return None
+        params = [p for group in self.param_groups for p in group['params']]  # every rank: the same order
+        if not params:
+            return None
+        squares = torch.stack([n.float().square() for n in torch._foreach_norm([p.detach() for p in params], 2.0)])
+        counts = torch.tensor([float(p.numel()) for p in params], device=squares.device)
+        totals = torch.stack([squares, counts])
+        dist.all_reduce(totals)
+        rms = (totals[0] / totals[1].clamp_min(1.0)).sqrt()
+        return {id(p): rms[i] for i, p in enumerate(params)}
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -75,6 +100,7 @@ class AdamWScale(Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
+        whole_rms = self._whole_tensor_rms()  # before any update: RMS(p) of the step's start
         for group in self.param_groups:
             lr = group['lr']
             beta1, beta2 = group['betas']
@@ -101,7 +127,8 @@ class AdamWScale(Optimizer):
 
                 bias_corrected_lr = lr * math.sqrt(1.0 - beta2**step) / (1.0 - beta1**step)
                 # A 0-dim tensor, not .item(): no host-device sync per parameter on GPU.
-                step_size = self._rms(p).clamp_min(1e-3).mul_(bias_corrected_lr)
+                rms = whole_rms[id(p)] if whole_rms is not None else self._rms(p)
+                step_size = rms.clamp_min(1e-3).mul_(bias_corrected_lr)
                 p.sub_(exp_avg.div(denom).mul_(step_size))
 
                 if weight_decay > 0.0:

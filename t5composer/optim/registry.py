@@ -158,6 +158,7 @@ def build_optimizer(
     name: str,
     lr: float,
     weight_decay: float = 0.0,
+    sharded: bool = False,
     **kwargs: Any,
 ) -> Optimizer:
     """Build a registered optimizer over ``model``'s parameters.
@@ -169,6 +170,8 @@ def build_optimizer(
         name: registry key ('adamwscale', 'adafactor', 'adamw', or a registered one).
         lr: learning rate (>= 0).
         weight_decay: weight decay of the decayed group (>= 0).
+        sharded: the run shards parameters (FSDP); passed as ``sharded_params=True`` to an
+            optimizer that takes it (adamwscale: RMS over whole tensors).
         **kwargs: optimizer-specific options (e.g. ``betas``, ``eps``); checked against the
             builder's signature.
 
@@ -192,6 +195,8 @@ def build_optimizer(
         raise ValueError('the model has no trainable parameters')
     call_kwargs = dict(kwargs)
     call_kwargs['lr'] = float(lr)
+    if sharded and 'sharded_params' in options:
+        call_kwargs['sharded_params'] = True
     if var_kwargs or 'weight_decay' in options:
         call_kwargs['weight_decay'] = float(weight_decay)
     elif weight_decay > 0:

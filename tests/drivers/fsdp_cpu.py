@@ -4,7 +4,8 @@ Composer's ``prepare_fsdp_module`` needs CUDA (it passes ``torch.cuda.current_de
 this applies the same rules by hand: the model's ``fsdp_wrap_fn`` as the auto-wrap policy and
 its ``activation_checkpointing_fn`` for non-reentrant checkpoint wrappers inside the units.
 Each rank takes half of a batch; the gathered gradients must equal those of the unwrapped model
-on the whole batch. Prints one JSON line per rank.
+on the whole batch, and so must the weights after an adamwscale step on the shards (RMS over whole
+tensors). Prints one JSON line per rank.
 
     python tests/drivers/fsdp_cpu.py
 """
@@ -64,6 +65,33 @@ def _rank(rank: int, world: int, port: int) -> None:
             result['max_grad_diff'] = max(float((grads[n] - p.grad).abs().max()) for n, p in reference.named_parameters())
             result['compared'] = sum(1 for n, _ in reference.named_parameters() if n in grads)
             result['parameters'] = len(list(reference.named_parameters()))
+        # nanot5_log's norms from the shards equal the unwrapped model's.
+        from t5composer.callbacks.nanot5_log import fsdp_copies, global_l2
+
+        copies = fsdp_copies(wrapped)
+        result['copies'] = copies
+        result['grad_l2_diff'] = abs(float(global_l2([p.grad for p in wrapped.parameters() if p.grad is not None], copies=copies))
+                                     - float(global_l2([p.grad for p in reference.parameters()])))
+        result['weights_l2_diff'] = abs(float(global_l2([p.detach() for p in wrapped.parameters()], copies=copies))
+                                        - float(global_l2([p.detach() for p in reference.parameters()])))
+        result['grad_l2_local_diff'] = abs(float(global_l2([p.grad for p in wrapped.parameters() if p.grad is not None]))
+                                           - float(global_l2([p.grad for p in reference.parameters()])))
+        # adamwscale on the shards: with sharded_params its RMS is the whole tensor's, so the
+        # step equals the unwrapped model's; without it each shard scales by its own RMS.
+        from t5composer.optim import AdamWScale
+
+        AdamWScale(reference.parameters(), lr=1e-2).step()
+        start = [p.detach().clone() for p in wrapped.parameters()]
+        for sharded_params in (True, False):
+            with torch.no_grad():
+                for p, p0 in zip(wrapped.parameters(), start):
+                    p.copy_(p0)
+            AdamWScale(wrapped.parameters(), lr=1e-2, sharded_params=sharded_params).step()
+            with FSDP.summon_full_params(wrapped):
+                stepped = {n.replace('_fsdp_wrapped_module.', '').replace('_checkpoint_wrapped_module.', ''): p.detach().clone()
+                           for n, p in wrapped.named_parameters()}
+            key = 'max_step_diff_sharded_rms' if sharded_params else 'max_step_diff_shard_local_rms'
+            result[key] = max(float((stepped[n] - p).abs().max()) for n, p in reference.named_parameters())
         result['fsdp_units'] = sum(isinstance(m, FSDP) for m in wrapped.modules())
         result['checkpointed'] = sum(isinstance(m, CheckpointWrapper) for m in wrapped.modules())
     except Exception as e:  # reported, not raised: the test shows what failed
