@@ -1,10 +1,10 @@
 """Convert C4 to MDS token rows for T5 span-corruption pre-training.
 
 Examples:
-    python recipes/convert_c4.py --out_root ~/data/c4_t5 --max_docs 2000000 --num_workers 16
+    python recipes/convert_c4.py --out_root ~/data/c4_t5 --max_docs 2000000 --num_workers 4
     python recipes/convert_c4.py --source /data/c4/en --out_root /data/c4_t5 \\
         --tokenizer /data/tok/spiece.model --splits val
-    python recipes/convert_c4.py --out_root s3://my-bucket/c4_t5 --num_workers 16   # straight to S3
+    python recipes/convert_c4.py --out_root s3://my-bucket/c4_t5 --num_workers 4   # straight to S3
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--noise_density', type=float, default=0.15)
     p.add_argument('--mean_noise_span_length', type=float, default=3.0)
     p.add_argument('--max_docs', type=int, default=None, help='stop each split after N good documents')
-    p.add_argument('--num_workers', type=int, default=1, help='tokenizer processes')
+    p.add_argument('--num_workers', type=int, default=1, help='tokenizers: 1 = a thread beside the reader and writer; N >= 2 = N processes (useful up to ~4)')
     p.add_argument('--overwrite', action='store_true', help='replace existing split directories')
     p.add_argument('--compression', default='zstd', help="MDS compression ('none' for none)")
     p.add_argument('--size_limit', default='64mb', help='MDS shard size limit')
