@@ -433,10 +433,10 @@ def dry_run(cfg: TrainConfig, *, recipe: str = '<config>', gpus: Optional[int] =
     from t5composer.optim import build_optimizer, build_scheduler
     from t5composer.training import _batch_sizes, plan_data, preflight, trainer_parallelism_config
 
-    world, why = target_gpus(gpus, sharded=trainer_parallelism_config(cfg) is not None)
+    fsdp = trainer_parallelism_config(cfg)
+    world, why = target_gpus(gpus, sharded=fsdp is not None)
     notes = list(preflight(cfg, dry_run_gpus=world))
     on_gpu = torch.cuda.is_available()
-    fsdp = trainer_parallelism_config(cfg)
     if not on_gpu and (cfg.precision != 'fp32' or cfg.device_train_microbatch_size == 'auto' or fsdp):
         notes.append(f"not checked on this machine (no GPU): precision {cfg.precision}"
                      + (", device_train_microbatch_size 'auto'" if cfg.device_train_microbatch_size == 'auto' else '')
@@ -464,7 +464,7 @@ def dry_run(cfg: TrainConfig, *, recipe: str = '<config>', gpus: Optional[int] =
         model = build_composer_t5(config=model_config, init='random', lm_head_init_std=cfg.model.lm_head_init_std,
                                   gradient_checkpointing=cfg.model.gradient_checkpointing)
     optimizer = build_optimizer(model, name=cfg.optimizer.name, lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay,
-                                sharded=trainer_parallelism_config(cfg) is not None, **cfg.optimizer.kwargs)
+                                sharded=fsdp is not None, **cfg.optimizer.kwargs)
     build_scheduler(cfg.scheduler.name, base_lr=cfg.optimizer.lr, **cfg.scheduler.kwargs)
     components = _components(cfg)
 
