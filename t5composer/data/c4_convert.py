@@ -397,28 +397,44 @@ def _convert_split(
         pbar = stack.enter_context(tqdm(total=max_docs, unit='doc', desc=split, disable=not progress, dynamic_ncols=True))
         stats = _SplitWriter(writer=writer, length=length, max_docs=max_docs, split=split, pbar=pbar)
 
-        def consume(file: str, item: Any) -> None:
-            if isinstance(item, RawLine):  # a read error, in stream order
-                stats.skip(file, item.lineno, item.error, item.detail)
-            else:
-                stats.add(file, item.get() if hasattr(item, 'get') else item)
-
         chunks = _chunks(files, fs, chunk_docs)
         if pool is None:
             _convert_with_tokenizer_thread(chunks, batch_encoder, eos_id, stats)
         else:
-            pending: deque = deque()
-            for file, chunk in chunks:
-                pending.append((file, chunk if isinstance(chunk, RawLine) else pool.apply_async(_encode_chunk, (chunk,))))
-                # Bounded read-ahead; results are consumed in submission order.
-                while len(pending) >= 2 * num_workers and not stats.done:
-                    consume(*pending.popleft())
-                if stats.done:
-                    break
-            while pending and not stats.done:
-                consume(*pending.popleft())
+            _consume_in_order(chunks, stats, submit=lambda chunk: pool.apply_async(_encode_chunk, (chunk,)),
+                              result=lambda pending: pending.get(), read_ahead=2 * num_workers - 1)
             pool.terminate()  # drop read-ahead work after max_docs
     return stats, backend
+
+
+def _consume_in_order(chunks: Iterator[tuple[str, Any]], stats: _SplitWriter, *, submit: Callable[[Any], Any],
+                      result: Callable[[Any], tuple], read_ahead: int) -> None:
+    """Submit each chunk of lines as it is read; hand the results to ``stats`` in submission order.
+
+    Args:
+        chunks: :func:`_chunks` (a read error comes as a ``RawLine`` in its place in the order).
+        stats: the split's writer; reading stops once it has ``max_docs`` documents.
+        submit: starts the work on a chunk and returns a handle to it.
+        result: waits for a handle and returns :func:`_encode_chunk`'s tuple.
+        read_ahead: chunks in flight beyond the one being consumed (bounds memory).
+    """
+    pending: deque = deque()
+
+    def consume_oldest() -> None:
+        file, item = pending.popleft()
+        if isinstance(item, RawLine):  # a read error, in stream order
+            stats.skip(file, item.lineno, item.error, item.detail)
+        else:
+            stats.add(file, result(item))
+
+    for file, chunk in chunks:
+        pending.append((file, chunk if isinstance(chunk, RawLine) else submit(chunk)))
+        while len(pending) > read_ahead and not stats.done:
+            consume_oldest()
+        if stats.done:
+            break
+    while pending and not stats.done:
+        consume_oldest()
 
 
 def _convert_with_tokenizer_thread(chunks: Iterator[tuple[str, Any]], encoder: Any, eos_id: int, stats: _SplitWriter) -> None:
@@ -429,31 +445,19 @@ def _convert_with_tokenizer_thread(chunks: Iterator[tuple[str, Any]], encoder: A
     tokenizer's time) overlaps it instead of adding to it. Chunks are consumed in order, so the
     output is the same as with any number of workers.
     """
-    pending: deque = deque()
-
-    def consume_oldest() -> None:
-        file, item = pending.popleft()
-        if isinstance(item, RawLine):  # a read error, in stream order
-            stats.skip(file, item.lineno, item.error, item.detail)
-        else:
-            ids, linenos, bad = item
-            stats.add(file, _pack(ids.result() if ids is not None else [], linenos, bad, eos_id))
-
     with ThreadPoolExecutor(1, thread_name_prefix='t5composer-tokenizer') as thread:
+
+        def submit(chunk: list[tuple[int, bytes]]) -> tuple:
+            texts, linenos, bad = _parse_chunk(chunk)
+            return thread.submit(encoder, texts) if texts else None, linenos, bad
+
+        def result(item: tuple) -> tuple:
+            ids, linenos, bad = item
+            return _pack(ids.result() if ids is not None else [], linenos, bad, eos_id)
+
         try:
-            for file, chunk in chunks:
-                if isinstance(chunk, RawLine):
-                    pending.append((file, chunk))
-                else:
-                    texts, linenos, bad = _parse_chunk(chunk)
-                    pending.append((file, (thread.submit(encoder, texts) if texts else None, linenos, bad)))
-                # Two chunks queued: the thread never waits for this one, and memory stays bounded.
-                while len(pending) > 2 and not stats.done:
-                    consume_oldest()
-                if stats.done:
-                    break
-            while pending and not stats.done:
-                consume_oldest()
+            # Two chunks queued: the thread never waits for the main one, and memory stays bounded.
+            _consume_in_order(chunks, stats, submit=submit, result=result, read_ahead=2)
         finally:
             thread.shutdown(wait=True, cancel_futures=True)  # drop read-ahead after max_docs or an error
 
