@@ -26,7 +26,6 @@ import time
 from typing import Any
 
 import numpy as np
-import torch
 
 from t5composer.bench.measure import peak_memory_mib, reset_peak_memory, sync
 
