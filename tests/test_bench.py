@@ -104,10 +104,14 @@ def test_scaling_case(bench, tmp_path):
     assert rows[1]['s_per_flop_vs_first'] == 1.0 and rows[3]['s_per_flop_vs_first'] == 1.0
 
 
-def test_scaling_plan_rejects_an_unknown_sweep(bench):
+def test_scaling_plan_rejects_an_unknown_sweep(bench, capsys):
     from t5composer.bench import scaling
 
-    args = bench.build_parser().parse_args(['--device', 'cpu', '--scaling-sweeps', 'model,width'])
+    with pytest.raises(SystemExit):  # the command line refuses it before any case runs
+        bench.main(['--device', 'cpu', '--only', 'scaling', '--scaling-sweeps', 'model,width'])
+    assert "unknown sweep(s) ['width']; choose among 'model,batch,length'" in capsys.readouterr().err
+    args = bench.build_parser().parse_args(['--device', 'cpu'])
+    args.scaling_sweeps = 'model,width'  # a library caller's arguments
     with pytest.raises(ValueError, match="unknown sweep.*'width'.*model,batch,length"):
         scaling.plan(args)
     args = bench.build_parser().parse_args(['--device', 'cpu', '--scaling-sweeps', 'batch'])

@@ -66,7 +66,7 @@ _DEFAULTS = {
 def add_args(parser: argparse.ArgumentParser) -> None:
     """Add the case's ``--scaling-*`` options to ``parser``."""
     g = parser.add_argument_group('scaling')
-    g.add_argument('--scaling-sweeps', default='model,batch,length', help="comma-separated among 'model,batch,length'")
+    g.add_argument('--scaling-sweeps', default='model,batch,length', type=_sweeps_arg, help="comma-separated among 'model,batch,length'")
     g.add_argument('--scaling-models', default=None, help='models of the model sweep (presets or config dirs)')
     g.add_argument('--scaling-model', default=None, help='model of the batch and length sweeps')
     g.add_argument('--scaling-batch', type=int, default=None, help='rows per step in the model and length sweeps')
@@ -79,16 +79,30 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument('--scaling-compile', action='store_true', help='torch.compile each point (one compilation per shape)')
 
 
+def _sweeps_arg(text: str) -> str:
+    """``--scaling-sweeps``, refused by the command line (not by a traceback) when it names an unknown sweep."""
+    try:
+        _sweeps(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix('--scaling-sweeps: ')) from e  # argparse names the option
+    return text
+
+
+def _sweeps(text: str) -> list[str]:
+    sweeps = [s.strip() for s in text.split(',') if s.strip()]
+    unknown = sorted(set(sweeps) - {'model', 'batch', 'length'})
+    if unknown:
+        raise ValueError(f"--scaling-sweeps: unknown sweep(s) {unknown}; choose among 'model,batch,length'.")
+    return sweeps
+
+
 def plan(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
     """``(sweep, point)`` pairs in order; a point is ``{'model', 'batch', 'encoder_length'}``."""
     d = _DEFAULTS[args.device]
     ints = lambda text: [int(x) for x in str(text).split(',') if x.strip()]  # noqa: E731
     batch, length = args.scaling_batch or d['batch'], args.scaling_length or d['length']
     model = args.scaling_model or d['model']
-    sweeps = [s.strip() for s in args.scaling_sweeps.split(',') if s.strip()]
-    unknown = sorted(set(sweeps) - {'model', 'batch', 'length'})
-    if unknown:
-        raise ValueError(f"--scaling-sweeps: unknown sweep(s) {unknown}; choose among 'model,batch,length'.")
+    sweeps = _sweeps(args.scaling_sweeps)
     out: list[tuple[str, dict[str, Any]]] = []
     for sweep in sweeps:
         if sweep == 'model':
