@@ -24,7 +24,7 @@ from types import ModuleType  # noqa: E402
 
 import torch  # noqa: E402
 
-from t5composer.bench import collator, converter, dataloader, generation, model, scaling  # noqa: E402
+from t5composer.bench import collator, converter, dataloader, generation, model, optimizer, scaling  # noqa: E402
 from t5composer.bench.measure import format_table  # noqa: E402
 
 # name -> case module (HELP, COLUMNS, add_args(parser), run(args) -> rows); one line per case.
@@ -34,6 +34,7 @@ CASES: dict[str, ModuleType] = {
     'dataloader': dataloader,
     'converter': converter,
     'model': model,
+    'optimizer': optimizer,
     'scaling': scaling,
 }
 

@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     from t5composer.data.c4_convert import convert_c4
+    from t5composer.redaction import print_error, scrub_this_process
+
+    scrub_this_process()
 
     try:
         results = convert_c4(
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         # Bad inputs (a missing source, an existing split, a tokenizer too large for uint16) are
         # explained by their message; a traceback would only bury it.
-        print(f'error: {e}', file=sys.stderr)
+        print_error(e)
         return 2
     for split, m in results.items():
         secs = max(m['seconds'], 1e-9)

@@ -2,6 +2,7 @@
 
     python recipes/export_hf.py runs/demo/latest-rank0.pt out/demo-hf
     python recipes/export_hf.py old.pt out/hf --config google/t5-v1_1-base --tokenizer tok_dir
+    python recipes/export_hf.py runs/demo out/demo-hf --overwrite      # replace an earlier export
 
 The result loads with ``transformers.T5ForConditionalGeneration.from_pretrained(out_dir)`` (and
 ``AutoTokenizer.from_pretrained(out_dir)`` when tokenizer files were available). Checkpoints are
@@ -25,14 +26,20 @@ def main(argv: list[str]) -> int:
                         help="model config (name such as google/t5-v1_1-base, or HF config dir); overrides the checkpoint's")
     parser.add_argument('--tokenizer', default=None,
                         help="tokenizer directory or spiece.model; overrides the checkpoint's")
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace an earlier export in out_dir (only a directory holding Hugging Face model files)')
     args = parser.parse_args(argv)
 
     from t5composer.models.hf_interchange import export_composer_checkpoint
+    from t5composer.redaction import print_error, scrub_this_process
+
+    scrub_this_process()
 
     try:
-        out = export_composer_checkpoint(args.checkpoint, args.out_dir, config=args.config, tokenizer=args.tokenizer)
+        out = export_composer_checkpoint(args.checkpoint, args.out_dir, config=args.config, tokenizer=args.tokenizer,
+                                         overwrite=args.overwrite)
     except (FileNotFoundError, ValueError, OSError) as e:
-        print(f'error: {e}', file=sys.stderr)
+        print_error(e)
         return 1
     print(f'Wrote {out} ({", ".join(sorted(p.name for p in out.iterdir()))}).')
     return 0

@@ -12,7 +12,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from t5composer.errors import describe_os_error  # noqa: E402
 from t5composer.plotting import RunFileError, load_run, plot_runs, run_labels  # noqa: E402
+from t5composer.redaction import print_error, scrub_this_process  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
@@ -32,13 +34,19 @@ def main(argv: list[str]) -> int:
         parser.error(f'--labels has {len(args.labels)} name(s) for {len(args.runs)} run(s); give one per run.')
     if args.smooth is not None and args.smooth < 1:
         parser.error(f'--smooth must be at least 1 (1 draws the raw loss), got {args.smooth}.')
+    scrub_this_process()
     labels = args.labels or run_labels(args.runs)
     try:
         runs = [load_run(run, label=label, min_step=args.min_step, max_step=args.max_step) for run, label in zip(args.runs, labels)]
     except (RunFileError, OSError) as e:
-        print(f'error: {e}', file=sys.stderr)
+        print_error(e)
         return 2
-    for line in plot_runs(runs, out=args.out, window=args.smooth, title=args.title, yscale=args.yscale):
+    try:
+        lines = plot_runs(runs, out=args.out, window=args.smooth, title=args.title, yscale=args.yscale)
+    except OSError as e:  # --out in a folder that does not exist or cannot be written
+        print_error(describe_os_error(e, what='--out'))
+        return 2
+    for line in lines:
         print(line)
     print(f'wrote {args.out}')
     return 0

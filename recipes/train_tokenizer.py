@@ -33,15 +33,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--num_threads', type=int, default=1, help='training threads (output depends on it)')
     args = p.parse_args(argv)
 
+    from t5composer.redaction import print_error, scrub_this_process
     from t5composer.tokenization import load_tokenizer, sentinel_ids
     from t5composer.tokenizer_training import train_tokenizer
 
+    scrub_this_process()
     t = time.perf_counter()
-    out = train_tokenizer(
-        out_dir=args.out, vocab_size=args.vocab_size, input_files=args.input, seed=args.seed,
-        character_coverage=args.character_coverage, max_sentences=args.max_sentences,
-        num_threads=args.num_threads,
-    )
+    try:
+        out = train_tokenizer(
+            out_dir=args.out, vocab_size=args.vocab_size, input_files=args.input, seed=args.seed,
+            character_coverage=args.character_coverage, max_sentences=args.max_sentences,
+            num_threads=args.num_threads,
+        )
+    except (OSError, ValueError) as e:  # a missing input, a corpus too small for the vocabulary: said, not traced
+        print_error(e)
+        return 2
     tok = load_tokenizer(out)
     print(f'{out}: {len(tok)} ids ({args.vocab_size} pieces + 100 sentinels, <extra_id_0> = '
           f'{sentinel_ids(tok, 1)[0]}) in {time.perf_counter() - t:.1f} s')

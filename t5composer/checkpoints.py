@@ -22,62 +22,131 @@ Checkpoints are pickles: load only checkpoints you made or trust (see docs/relia
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
+import shutil
+import tempfile
 import zipfile
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
+from t5composer.atomic_files import PARTIAL_PREFIX, write_atomically
 from t5composer.config.validation import ConfigError
+from t5composer.errors import describe_os_error, format_bytes, os_error_advice
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    'PARTIAL_PREFIX', 'CheckpointRecovery', 'checkpoint_problem', 'install_atomic_writes', 'model_shape_problems',
-    'recover_checkpoints', 'write_atomically',
+    'PARTIAL_PREFIX', 'CheckpointRecovery', 'CheckpointSaveError', 'checkpoint_problem', 'estimated_checkpoint_bytes',
+    'checkpoints_by_batch', 'free_space_problem', 'optimizer_state_bytes', 'save_folder_problem', 'install_atomic_writes', 'load_checkpoint', 'model_shape_problems',
+    'recover_checkpoints', 'unusable_checkpoint_message', 'write_atomically',
 ]
 
-PARTIAL_PREFIX = '.partial-'
 # Composer's default save_filename, 'ep{epoch}-ba{batch}-rank{rank}.pt', for the rank that saves.
 _CHECKPOINT_RE = re.compile(r'^ep(?P<epoch>\d+)-ba(?P<batch>\d+)-rank0\.pt$')
 _LATEST = 'latest-rank0.pt'
 
 
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems cannot fsync a directory; the rename is still atomic
-    finally:
-        os.close(fd)
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written (full disk, lost permissions); the message says how much room it needs."""
 
-
-def write_atomically(filename: str, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` and move the result to ``filename`` only once it is complete.
-
-    The temporary file sits beside the target (same filesystem, so the rename is atomic) under a
-    hidden name that no checkpoint pattern matches. On any error it is removed and the error
-    re-raised, so a full disk leaves neither a half file nor a valid-looking name behind.
-    """
-    folder, base = os.path.split(os.path.abspath(filename))
-    tmp = os.path.join(folder, f'{PARTIAL_PREFIX}{os.getpid()}-{base}')
-    try:
-        write(tmp)
-        with open(tmp, 'rb+') as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, filename)
-    except BaseException:
+    @classmethod
+    def explain(cls, error: OSError, filename: str, needed: float) -> 'CheckpointSaveError':
+        folder = os.path.dirname(os.path.abspath(filename))
         try:
-            os.remove(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(folder)
+            free = f'{format_bytes(shutil.disk_usage(folder).free)} is free there'
+        except OSError:
+            free = 'the free space there is unknown'
+        return cls(
+            error.errno,
+            f'Could not save the checkpoint {filename}: {error.strerror or error}; {os_error_advice(error)}. It needs about '
+            f'{format_bytes(needed)}; {free}. The checkpoints saved before it are intact (no partial file is left): once '
+            'there is room, run the same command again to resume from the newest one, or point save_folder at a disk with room.',
+        )
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()  # the whole message, without OSError's '[Errno N]' prefix
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a (nested) state dict: about what its checkpoint file holds."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def optimizer_state_bytes(name: str, model: Any, kwargs: dict[str, Any]) -> Optional[float]:
+    """fp32 optimizer-state bytes of the whole (unsharded) model; None when the optimizer is not modelled."""
+    params = list({id(p): p for p in model.parameters()}.values())
+    if name in ('adamwscale', 'adamw'):
+        return 8.0 * sum(p.numel() for p in params)  # exp_avg + exp_avg_sq
+    if name == 'adafactor':
+        # Factored second moment (rows + columns) for matrices, full for vectors, plus momentum if beta1.
+        total = sum((p.shape[0] + p.numel() // p.shape[0]) if p.dim() >= 2 else p.numel() for p in params)
+        if kwargs.get('beta1') is not None:
+            total += sum(p.numel() for p in params)
+        return 4.0 * total
+    return None
+
+
+# The pickled structure beside the tensors (key names, RNG states, dataset position): ~0.2 MB for a
+# tiny model, a rounding error for a real one.
+_CHECKPOINT_STRUCTURE_BYTES = 1e6
+
+
+def estimated_checkpoint_bytes(model: Any, *, optimizer: str, optimizer_kwargs: dict[str, Any], extra_bytes: float = 0.0) -> float:
+    """Size of one full checkpoint: fp32 weights, the optimizer state, ``extra_bytes`` (the tokenizer
+    files it carries) and the pickled structure (what the dry run prints and the start checks for)."""
+    params = {id(p): p for p in model.parameters()}.values()
+    tensors = 4.0 * sum(p.numel() for p in params) + (optimizer_state_bytes(optimizer, model, optimizer_kwargs) or 0.0)
+    return tensors + extra_bytes + _CHECKPOINT_STRUCTURE_BYTES
+
+
+def save_folder_problem(folder: str) -> Optional[str]:
+    """Why checkpoints cannot be written to ``folder`` (created if missing), or None.
+
+    Checked before training so that a read-only disk, a path under /proc or a file in the way
+    fails at start, not a save interval later.
+    """
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        return f"save_folder '{folder}' is a file, not a folder; remove the file or point save_folder (or run_name) elsewhere."
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f'{PARTIAL_PREFIX}probe-', dir=folder)
+        try:
+            os.write(fd, b'0')
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.remove(probe)
+    except OSError as e:
+        if e.errno == errno.ENOENT:  # after makedirs: a filesystem that cannot hold files (/proc, /sys)
+            where = os.path.dirname(e.filename) if os.path.basename(str(e.filename)).startswith(PARTIAL_PREFIX) else e.filename
+            reason = f"files cannot be created in '{where}' (it is not a writable filesystem, e.g. /proc or /sys)"
+        else:
+            reason = describe_os_error(e).rstrip('.')
+        return f"Checkpoints cannot be written to save_folder '{folder}': {reason}. Point save_folder (or run_name) at a folder you can write to."
+    return None
+
+
+def free_space_problem(folder: str, needed: float) -> Optional[str]:
+    """Why ``folder``'s disk cannot hold one more checkpoint of ``needed`` bytes, or None."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return None
+    if free >= needed:
+        return None
+    return (f"save_folder '{folder}' has {format_bytes(free)} free, but one checkpoint of this run takes about "
+            f'{format_bytes(needed)} (fp32 weights + optimizer state). Free space there, or point save_folder at a disk with room.')
 
 
 def install_atomic_writes() -> None:
@@ -95,7 +164,10 @@ def install_atomic_writes() -> None:
         return
 
     def atomic_write_checkpoint_file(state_dict: dict[str, Any], filename: str) -> None:
-        write_atomically(filename, lambda tmp: original(state_dict, tmp))
+        try:
+            write_atomically(filename, lambda tmp: original(state_dict, tmp))
+        except OSError as e:
+            raise CheckpointSaveError.explain(e, filename, _tensor_bytes(state_dict)) from e
 
     atomic_write_checkpoint_file._t5composer_atomic = True  # type: ignore[attr-defined]
     composer_checkpoint._write_checkpoint_file = atomic_write_checkpoint_file
@@ -129,6 +201,68 @@ def checkpoint_problem(path: str) -> Optional[str]:
     return None
 
 
+_VERIFIED: dict[tuple[str, int, int], Optional[str]] = {}
+
+
+def _verified_problem(path: str) -> Optional[str]:
+    """:func:`checkpoint_problem`, read once per file version in this process (the CRC pass reads every byte)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return checkpoint_problem(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    if key not in _VERIFIED:
+        _VERIFIED[key] = checkpoint_problem(path)
+    return _VERIFIED[key]
+
+
+def unusable_checkpoint_message(path: str, *, role: str, use: str) -> Optional[str]:
+    """Why a checkpoint a command was given cannot be used, with the intact one beside it; None if intact.
+
+    Every command that reads a checkpoint (training's ``load_path``, ``model.init: checkpoint``,
+    ``recipes/evaluate.py``, ``recipes/export_hf.py``) asks this first, so none of them trains,
+    scores or exports the weights of a file with a flipped byte.
+
+    Args:
+        path: the checkpoint file.
+        role: how the user gave it, for the message (``"load_path 'x.pt'"``).
+        use: how to use another checkpoint instead, with ``{path}`` for its path
+            (``'load_path={path}'``, ``'python recipes/export_hf.py {path} OUT'``).
+    """
+    problem = _verified_problem(path)
+    if problem is None:
+        return None
+    return f'{role} cannot be loaded: {problem}.' + _intact_neighbour_hint(path, use)
+
+
+def _intact_neighbour_hint(path: str, use: str) -> str:
+    """Point at the newest intact checkpoint beside a bad one, as a ready command fragment."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return ''
+    for other in checkpoints_by_batch(folder):
+        if os.path.abspath(other) != os.path.abspath(path) and _verified_problem(other) is None:
+            return f' The newest intact checkpoint beside it is {other}: use it with {use.format(path=other)}.'
+    return ' No intact checkpoint is beside it.'
+
+
+def load_checkpoint(path: str, *, role: str, use: str, mmap: bool = True) -> Any:
+    """``torch.load`` of a checkpoint, after the integrity check of :func:`unusable_checkpoint_message`.
+
+    ``mmap`` reads only the pickled structure until a tensor is touched (metadata reads stay cheap).
+    Checkpoints are pickles (``weights_only=False``): load only checkpoints you trust.
+
+    Raises:
+        ConfigError: the checkpoint is missing, truncated or corrupt (the message names an intact one).
+    """
+    import torch
+
+    message = unusable_checkpoint_message(path, role=role, use=use)
+    if message is not None:
+        raise ConfigError([message])
+    return torch.load(path, map_location='cpu', weights_only=False, mmap=mmap)
+
+
 @dataclass
 class CheckpointRecovery:
     """What :func:`recover_checkpoints` found and did."""
@@ -139,7 +273,8 @@ class CheckpointRecovery:
     repointed: bool = False
 
 
-def _checkpoints_by_batch(folder: str) -> list[str]:
+def checkpoints_by_batch(folder: str) -> list[str]:
+    """The rank-0 checkpoints in ``folder`` named as Composer names them, newest (highest batch) first."""
     found = []
     for name in os.listdir(folder):
         m = _CHECKPOINT_RE.match(name)
@@ -182,7 +317,7 @@ def recover_checkpoints(folder: str, *, latest_name: str = _LATEST) -> Checkpoin
 
     link = os.path.join(folder, latest_name)
     linked = os.path.realpath(link) if os.path.lexists(link) else None
-    candidates = _checkpoints_by_batch(folder)
+    candidates = checkpoints_by_batch(folder)
     if linked is not None and os.path.abspath(linked) not in {os.path.abspath(c) for c in candidates}:
         candidates.append(linked)  # a custom-named checkpoint: still check it, last
 

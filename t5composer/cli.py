@@ -5,10 +5,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from t5composer.config.validation import ConfigError
+from t5composer.redaction import print_error
+
+if TYPE_CHECKING:
+    from t5composer.config.schema import TrainConfig
 
 __all__ = ['train_main', 'evaluate_main', 'limit_cpu_threads']
 
@@ -29,48 +32,13 @@ def limit_cpu_threads() -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
 
 
-class _ScrubSecrets(logging.Filter):
-    """Replace secret values (from the environment and the config's secret keys) in log records."""
-
-    def __init__(self, secrets: Sequence[str]) -> None:
-        super().__init__()
-        self.secrets = list(secrets)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        from t5composer.config.loading import scrub
-
-        message = record.getMessage()
-        clean = scrub(message, self.secrets)
-        if clean != message:
-            record.msg, record.args = clean, None
-        return True
-
-
-def _config_secrets(obj: object) -> list[str]:
-    from t5composer.config.loading import _is_secret
-
-    found: list[str] = []
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            if _is_secret(key) and isinstance(value, str) and len(value) >= 4:
-                found.append(value)
-            else:
-                found += _config_secrets(value)
-    elif isinstance(obj, list):
-        for value in obj:
-            found += _config_secrets(value)
-    return found
-
-
 def setup_logging(cfg: object) -> list[str]:
-    """Log warnings to stderr with secrets scrubbed; return the secret values being scrubbed."""
-    from t5composer.config.loading import secret_values
+    """Log warnings to stderr with secrets scrubbed (logs, tracebacks, warnings); return the secret values."""
+    from t5composer.redaction import config_secrets, install_scrubbing, secret_values
 
     logging.basicConfig(format='%(asctime)s %(levelname)s %(name)s: %(message)s', level=logging.WARNING)
-    secrets = sorted(set(secret_values()) | set(_config_secrets(dataclasses.asdict(cfg))), key=len, reverse=True)  # type: ignore[arg-type]
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, _ScrubSecrets) for f in handler.filters):
-            handler.addFilter(_ScrubSecrets(secrets))
+    secrets = sorted(set(secret_values()) | set(config_secrets(dataclasses.asdict(cfg))), key=len, reverse=True)  # type: ignore[arg-type]
+    install_scrubbing(secrets)
     python_log_level = getattr(cfg, 'python_log_level', None)
     if python_log_level:
         logging.getLogger('t5composer').setLevel(python_log_level.upper())
@@ -78,15 +46,46 @@ def setup_logging(cfg: object) -> list[str]:
 
 
 def _env_secrets() -> list[str]:
-    from t5composer.config.loading import secret_values
+    """Secrets known before the config is read (the environment's); tracebacks are scrubbed from here on."""
+    from t5composer.redaction import scrub_this_process
 
-    return secret_values()
+    return scrub_this_process()
 
 
-def _print_error(message: object, secrets: Sequence[str] = ()) -> None:
-    from t5composer.config.loading import scrub
+def _stop_codes() -> dict[type[BaseException], int]:
+    """Exit status of each way a run stops on purpose (each error's message says why and what to do)."""
+    from t5composer.callbacks.nonfinite_guard import NonFiniteError
+    from t5composer.callbacks.progress_guard import NoProgressError
+    from t5composer.data.streaming import DataReadError
 
-    print(f'error: {scrub(str(message), secrets)}', file=sys.stderr, flush=True)
+    return {NonFiniteError: 3, NoProgressError: 4, DataReadError: 5}
+
+
+def _run_guarded(secrets: Sequence[str], run: Callable[[], int]) -> int:
+    """``run()``, with the errors a user can fix printed as one ``error:`` line instead of a traceback.
+
+    ConfigError: exit 2. A run stopped on purpose (non-finite values: 3; no progress possible: 4;
+    data that cannot be read, a damaged shard or row included: 5).
+    An OSError on a path (a full disk, a lost mount, permissions; checkpoint saves included): 1,
+    with the path and what to do; its traceback goes to the log at debug level.
+    """
+    from t5composer.errors import describe_os_error
+
+    try:
+        return run()
+    except ConfigError as e:
+        print_error(e, secrets)
+        return 2
+    except OSError as e:
+        print_error(str(e) if e.errno is None or not e.strerror else describe_os_error(e), secrets)
+        logging.getLogger(__name__).debug('the error above came from here', exc_info=True)
+        return 1
+    except Exception as e:
+        for kind, code in _stop_codes().items():
+            if isinstance(e, kind):
+                print_error(e, secrets)
+                return code
+        raise
 
 
 def train_main(argv: Sequence[str], *, extra_callbacks: tuple = ()) -> int:
@@ -102,18 +101,19 @@ def train_main(argv: Sequence[str], *, extra_callbacks: tuple = ()) -> int:
     try:
         argv, dry = parse_dry_run_args(argv)
     except ConfigError as e:
-        _print_error(e)
+        print_error(e)
         return 2
     if not argv or argv[0] in ('-h', '--help'):
         print(USAGE)
         return 0 if argv else 2
     yaml_path, overrides = argv[0], list(argv[1:])
-    from t5composer.config.loading import load_config, redact
+    from t5composer.config.loading import load_config
 
+    env_secrets = _env_secrets()
     try:
         cfg = load_config(yaml_path, overrides)
     except ConfigError as e:
-        _print_error(e, _env_secrets())
+        print_error(e, env_secrets)
         return 2
     limit_cpu_threads()
     secrets = setup_logging(cfg)
@@ -122,46 +122,36 @@ def train_main(argv: Sequence[str], *, extra_callbacks: tuple = ()) -> int:
 
         if int(os.environ.get('RANK', '0')) != 0:
             return 0  # under `composer -n N`, rank 0 checks for all
-        try:
-            return dry_run(cfg, recipe=yaml_path, gpus=dry.gpus)
-        except ConfigError as e:
-            _print_error(e, secrets)
-            return 2
+        return _run_guarded(secrets, lambda: dry_run(cfg, recipe=yaml_path, gpus=dry.gpus))
+    return _run_guarded(secrets, lambda: _train(cfg, secrets, extra_callbacks))
 
+
+def _train(cfg: TrainConfig, secrets: Sequence[str], extra_callbacks: tuple) -> int:
     from omegaconf import OmegaConf
 
+    from t5composer.redaction import redact
     from t5composer.training import build_trainer, preflight
 
+    preflight(cfg)  # seconds, before the heavy imports: no data, bf16 on CPU, batch sizes, save folder
+    if int(os.environ.get('RANK', '0')) == 0:
+        print(OmegaConf.to_yaml(redact(dataclasses.asdict(cfg), secrets)), flush=True)  # type: ignore[call-overload]
+    trainer = build_trainer(cfg, extra_callbacks=extra_callbacks, preflight_done=True)
     try:
-        preflight(cfg)  # seconds, before the heavy imports: no data, bf16 on CPU, batch sizes
-        if int(os.environ.get('RANK', '0')) == 0:
-            print(OmegaConf.to_yaml(redact(dataclasses.asdict(cfg), secrets)), flush=True)
-        trainer = build_trainer(cfg, extra_callbacks=extra_callbacks, preflight_done=True)
-    except ConfigError as e:
-        _print_error(e, secrets)
-        return 2
-    state = trainer.state
-    assert state.max_duration is not None
-    if state.timestamp.get(state.max_duration.unit) >= state.max_duration:
-        # autoresume found a finished run: say so instead of Composer's "no training would occur".
-        print(
-            f'Run {cfg.run_name!r} is already complete ({state.max_duration}); nothing to do. Raise max_duration '
-            f'to train longer, or pick another run_name / save_folder to start over.',
-            flush=True,
-        )
-        trainer.close()
-        return 0
-    if cfg.eval_first and int(state.timestamp.batch) == 0:
-        trainer.eval()
-    from t5composer.callbacks.nonfinite_guard import NonFiniteError
-
-    try:
+        state = trainer.state
+        assert state.max_duration is not None
+        if state.timestamp.get(state.max_duration.unit) >= state.max_duration:
+            # autoresume found a finished run: say so instead of Composer's "no training would occur".
+            print(
+                f'Run {cfg.run_name!r} is already complete ({state.max_duration}); nothing to do. Raise max_duration '
+                f'to train longer, or pick another run_name / save_folder to start over.',
+                flush=True,
+            )
+            return 0
+        if cfg.eval_first and int(state.timestamp.batch) == 0:
+            trainer.eval()
         trainer.fit()
-    except NonFiniteError as e:
-        _print_error(e, secrets)
-        trainer.close()
-        return 3
-    trainer.close()
+    finally:
+        trainer.close()  # also when the run stops on an error: dataloader workers, the run lock
     return 0
 
 
@@ -181,6 +171,7 @@ def evaluate_main(argv: Sequence[str]) -> int:
 
     # An evaluation never resumes a run: autoresume would replace load_path with the run's latest.
     overrides = list(argv[1:]) + ['autoresume=false']
+    env_secrets = _env_secrets()
     try:
         cfg = load_config(argv[0], overrides)
         if cfg.load_path is not None and cfg.model.init == 'random':
@@ -189,25 +180,27 @@ def evaluate_main(argv: Sequence[str]) -> int:
         if cfg.load_path is None and cfg.model.init != 'hf':
             raise ConfigError(['Nothing to evaluate: set load_path=<Composer checkpoint>, or model.init=hf model.name=<HF model>.'])
     except ConfigError as e:
-        _print_error(e, _env_secrets())
+        print_error(e, env_secrets)
         return 2
     limit_cpu_threads()
     secrets = setup_logging(cfg)
+    return _run_guarded(secrets, lambda: _evaluate(cfg))
 
+
+def _evaluate(cfg: TrainConfig) -> int:
     from t5composer.training import build_trainer
 
-    folder = os.path.dirname(os.path.abspath(cfg.load_path)) if cfg.load_path else cfg.save_folder
+    load_path = cfg.load_path
+    folder = os.path.dirname(os.path.abspath(load_path)) if load_path else cfg.save_folder
+    trainer = build_trainer(cfg, train=False, predictions_folder=folder)
     try:
-        trainer = build_trainer(cfg, train=False, predictions_folder=folder)
-    except ConfigError as e:
-        _print_error(e, secrets)
-        return 2
-    trainer.eval()
-    if int(os.environ.get('RANK', '0')) == 0:
-        for label, metrics in trainer.state.eval_metrics.items():
-            for name, metric in metrics.items():
-                print(f'{label}/{name}: {float(metric.compute()):.4f}', flush=True)
-        if folder and os.path.isdir(os.path.join(folder, 'predictions')):
-            print(f'predictions: {os.path.join(folder, "predictions")}', flush=True)
-    trainer.close()
+        trainer.eval()
+        if int(os.environ.get('RANK', '0')) == 0:
+            for label, metrics in trainer.state.eval_metrics.items():
+                for name, metric in metrics.items():
+                    print(f'{label}/{name}: {float(metric.compute()):.4f}', flush=True)
+            if folder and os.path.isdir(os.path.join(folder, 'predictions')):
+                print(f'predictions: {os.path.join(folder, "predictions")}', flush=True)
+    finally:
+        trainer.close()
     return 0

@@ -24,7 +24,8 @@ def _lazy(path: str) -> Callable[[], type]:
 
 # Values are zero-argument loaders so that importing t5composer does not import every logger.
 ALGORITHMS: dict[str, Callable[[], type]] = {
-    'gradient_clipping': _lazy('composer.algorithms.GradientClipping'),
+    # Composer's GradientClipping, clipping by norm with the step's one shared gradient norm.
+    'gradient_clipping': _lazy('t5composer.optim.clipping.GradientClipping'),
     'low_precision_layernorm': _lazy('composer.algorithms.LowPrecisionLayerNorm'),
 }
 
@@ -38,6 +39,7 @@ CALLBACKS: dict[str, Callable[[], type]] = {
     'runtime_estimator': _lazy('composer.callbacks.RuntimeEstimator'),
     'nan_monitor': _lazy('composer.callbacks.NaNMonitor'),
     'resource_monitor': _lazy('t5composer.callbacks.resource_monitor.ResourceMonitor'),
+    'loop_probe': _lazy('t5composer.bench.loop_probe.LoopProbe'),  # bench/gpu_check.sh: sync waits and GPU idle time
 }
 
 LOGGERS: dict[str, Callable[[], type]] = {

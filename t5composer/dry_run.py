@@ -27,6 +27,9 @@ from torch import nn
 
 from t5composer.config.schema import SNIDataConfig, TrainConfig
 from t5composer.config.validation import ConfigError
+from t5composer.checkpoints import estimated_checkpoint_bytes, optimizer_state_bytes
+from t5composer.durations import batches_of
+from t5composer.errors import format_bytes
 
 __all__ = ['DEFAULT_GPUS', 'DryRunArgs', 'FSDPPlan', 'MemoryEstimate', 'activation_bytes', 'dry_run', 'fsdp_plan',
            'memory_estimate', 'parse_dry_run_args', 'target_gpus']
@@ -221,20 +224,6 @@ class MemoryEstimate:
         return self.params + self.grads + (self.optimizer or 0.0)
 
 
-def _optimizer_bytes(name: str, model: nn.Module, kwargs: dict[str, Any]) -> Optional[float]:
-    """fp32 optimizer-state bytes for the whole model (None when the optimizer is not modelled)."""
-    params = list({id(p): p for p in model.parameters()}.values())
-    if name in ('adamwscale', 'adamw'):
-        return 8.0 * sum(p.numel() for p in params)  # exp_avg + exp_avg_sq
-    if name == 'adafactor':
-        # Factored second moment (rows + columns) for matrices, full for vectors, plus momentum if beta1.
-        total = sum((p.shape[0] + p.numel() // p.shape[0]) if p.dim() >= 2 else p.numel() for p in params)
-        if kwargs.get('beta1') is not None:
-            total += sum(p.numel() for p in params)
-        return 4.0 * total
-    return None
-
-
 def _compute_bytes(cfg: TrainConfig) -> int:
     """Bytes of one parameter as FSDP gathers it for compute (its mixed_precision's param_dtype)."""
     low = 2 if cfg.precision in ('amp_bf16', 'amp_fp16') else 4
@@ -256,7 +245,7 @@ def memory_estimate(cfg: TrainConfig, model: nn.Module, plan: Optional[FSDPPlan]
         gpus: GPUs of the run.
     """
     n = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    opt = _optimizer_bytes(cfg.optimizer.name, model, cfg.optimizer.kwargs)
+    opt = optimizer_state_bytes(cfg.optimizer.name, model, cfg.optimizer.kwargs)
     fsdp = cfg.parallelism_config.fsdp if cfg.parallelism_config is not None else None
     notes: list[str] = []
     if opt is None:
@@ -402,10 +391,6 @@ def _gib(x: float) -> str:
     return f'{x / _GIB:.2f} GiB'
 
 
-def _size(x: float) -> str:
-    return f'{x / 1e9:.1f} GB' if x >= 1e9 else f'{x / 1e6:.0f} MB'
-
-
 def _components(cfg: TrainConfig) -> str:
     from t5composer.components import build_components
 
@@ -452,13 +437,14 @@ def dry_run(cfg: TrainConfig, *, recipe: str = '<config>', gpus: Optional[int] =
         raise ConfigError([f'The model has vocab_size {model_config.vocab_size} but the tokenizer {tokenizer_name} has {len(tokenizer)} tokens; '
                            'they do not belong together.'])
     if plan is not None and tokenizer is not None and plan.remote is None and not data_missing:
-        # Local splits exist: refuse data converted with another tokenizer or length, as a run would
-        # (reads only their t5composer_meta.json).
+        # Local splits exist: refuse data converted with another tokenizer or length, damaged shards,
+        # and splits (the builtin corpus's too) smaller than one batch of the target world, as a run would.
         from t5composer.data.span_corruption import random_spans_helper
         from t5composer.training import _check_split_metadata
 
         d = cfg.data
-        _check_split_metadata(cfg, plan, tokenizer, random_spans_helper(d.input_length, d.noise_density, d.mean_noise_span_length)[0])
+        _check_split_metadata(cfg, plan, tokenizer, random_spans_helper(d.input_length, d.noise_density, d.mean_noise_span_length)[0],
+                              world_size=world)
 
     with torch.device('meta'):  # shapes only: no memory, no init
         model = build_composer_t5(config=model_config, init='random', lm_head_init_std=cfg.model.lm_head_init_std,
@@ -493,9 +479,9 @@ def dry_run(cfg: TrainConfig, *, recipe: str = '<config>', gpus: Optional[int] =
     else:
         add('batch', f"global {cfg.global_train_batch_size} = {world} GPU(s) x {device_batch}; microbatch 'auto' (Composer searches on the GPU)")
     add('sequences', f'{enc_len} encoder + {dec_len} decoder tokens per sample')
+    steps = batches_of(cfg.max_duration)
     add('duration', f'{cfg.max_duration}'
-        + (f' = {int(str(cfg.max_duration)[:-2]):,} optimizer steps, {int(str(cfg.max_duration)[:-2]) * cfg.global_train_batch_size:,} samples'
-           if str(cfg.max_duration).endswith('ba') else ''))
+        + (f' = {steps:,} optimizer steps, {steps * cfg.global_train_batch_size:,} samples' if steps is not None else ''))
     schedule = ', '.join(f'{k}={v}' for k, v in cfg.scheduler.kwargs.items())
     add('optimizer', f'{cfg.optimizer.name} lr {cfg.optimizer.lr:g}, weight_decay {cfg.optimizer.weight_decay:g} '
                      f'({len(optimizer.param_groups)} parameter groups); schedule {cfg.scheduler.name}' + (f' ({schedule})' if schedule else ''))
@@ -520,10 +506,10 @@ def dry_run(cfg: TrainConfig, *, recipe: str = '<config>', gpus: Optional[int] =
             f"({'checkpointed' if checkpointing else 'not checkpointed'}; rough) = ~{_gib(mem.states + mem.gathered + act)} of an 80 GB GPU's 79.6 GiB")
     for note in mem.notes:
         add('', f'({note})')
-    full_checkpoint = 4.0 * n_params + (mem.optimizer or 0.0) * mem.shard_degree
+    full_checkpoint = estimated_checkpoint_bytes(model, optimizer=cfg.optimizer.name, optimizer_kwargs=cfg.optimizer.kwargs)
     if cfg.save_folder:
         add('checkpoints', f'{cfg.save_folder} every {cfg.save_interval}, keep {cfg.save_num_checkpoints_to_keep}, '
-                           f'~{_size(full_checkpoint)} each (fp32 weights + optimizer state); autoresume {"on" if cfg.autoresume else "off"}')
+                           f'~{format_bytes(full_checkpoint)} each (fp32 weights + optimizer state); autoresume {"on" if cfg.autoresume else "off"}')
     else:
         add('checkpoints', 'none (save_folder is not set)')
     if cfg.data.eval_split if not fine_tuning else cfg.data.eval:

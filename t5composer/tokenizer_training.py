@@ -37,7 +37,8 @@ def iter_corpus_texts(paths: Sequence[str | os.PathLike]) -> Iterator[str]:
     for p in paths:
         path = os.path.expanduser(str(p))
         if not os.path.isfile(path):
-            raise FileNotFoundError(f'Tokenizer training input {path} does not exist.')
+            raise FileNotFoundError(f'Tokenizer training input {path} does not exist. Pass --input text files '
+                                    '(.txt[.gz], one document per line) or C4-style .json[l][.gz] files that exist.')
         if path.endswith(_JSON_SUFFIXES):
             fs = fsspec.filesystem('file')
             for raw in iter_file_lines(path, fs=fs):
@@ -150,7 +151,7 @@ def train_tokenizer(
     except RuntimeError as e:
         if 'Vocabulary size' in str(e) and 'too high' in str(e):
             raise ValueError(
-                f'The corpus is too small for vocab_size={vocab_size}: {e}. Use a smaller '
+                f"The corpus is too small for vocab_size={vocab_size}: {str(e).rstrip('.')}. Use a smaller "
                 'vocab_size or more text.'
             ) from e
         raise

@@ -48,8 +48,9 @@ def _hf_split_name(split: str) -> str:
     return {'val': 'val', 'validation': 'val'}.get(split, split)
 
 
-def _missing_splits(cfg: TrainConfig, train: bool = True) -> list[str]:
-    """Problems for splits that were never converted, are empty, or whose remote cannot be reached."""
+def _missing_splits(cfg: TrainConfig, train: bool = True, world_size: Optional[int] = None) -> list[str]:
+    """Problems for splits that were never converted, are empty, too small for one batch of
+    ``world_size`` processes (None: not checked), or whose remote cannot be reached."""
     import json
 
     from t5composer.data.locations import is_remote, remote_split_problems, split_location
@@ -89,13 +90,64 @@ def _missing_splits(cfg: TrainConfig, train: bool = True) -> list[str]:
                 f"Split '{s}' under '{root}' holds no samples ({index} lists none): its documents were shorter than one "
                 f"row, or the conversion found no usable document. Reconvert it from more documents:\n    {remake}",
             )
-        elif s == d.train_split and train and samples < cfg.global_train_batch_size:
-            problems.append(
-                f"Split '{s}' under '{root}' holds {samples} samples, fewer than one global batch (global_train_batch_size "
-                f"{cfg.global_train_batch_size}), so no training step could run. Convert more documents (a larger --max_docs) "
-                f'or lower global_train_batch_size to at most {samples}.',
-            )
+        elif world_size is not None:
+            problem = _split_size_problem(cfg, what=f"Split '{s}' under '{root}'", rows=samples, world_size=world_size,
+                                          train=s == d.train_split and train, more='Convert more documents (a larger --max_docs)')
+            problems += [problem] if problem else []
     return problems
+
+
+def _split_size_problem(cfg: TrainConfig, *, what: str, rows: int, world_size: int, train: bool, more: Optional[str],
+                        unit: str = 'rows') -> Optional[str]:
+    """Why a split of ``rows`` rows would give the run no batch at all (None when it gives one).
+
+    Training drops partial batches, and each of the ``world_size`` processes takes
+    ``global_train_batch_size / world_size`` rows per step. Streaming gives every process
+    ``ceil(rows / world_size)`` rows (padding with repeats) and Composer's DistributedSampler (SNI)
+    ``floor(rows / world_size)``; both give every process a full batch exactly when ``rows >=
+    global_train_batch_size``. Without one, every epoch is empty and the run never ends. An eval
+    split drops its partial batch only under compile (a new batch shape would recompile), and then
+    each process needs a full ``device_eval_batch_size``.
+
+    Args:
+        cfg: the config (batch sizes, compile).
+        what: the split, as the message names it (where it is).
+        rows: its rows (examples for SNI).
+        world_size: processes of the run.
+        train: the split trains (else it evaluates).
+        more: how to get more rows, as the message's first fix (None: it cannot grow).
+        unit: what a row is called in the message.
+    """
+    fixes = [more] if more else []
+    if train:
+        batch = cfg.global_train_batch_size
+        if rows >= batch:
+            return None
+        cap = rows - rows % world_size
+        multiple = f' (a multiple of the {world_size} processes)' if world_size > 1 else ''
+        fixes.append(f'lower global_train_batch_size to at most {cap}{multiple}' if cap else f'run on fewer than {world_size} processes')
+        return (f'{what} holds {rows:,} {unit}, fewer than one global batch (global_train_batch_size {batch}), so no training step '
+                f'could run: every epoch would be empty and the run would never end. {_join_fixes(fixes)}.')
+    if not cfg.compile:
+        return None  # the partial batch is kept: any row gives every process one
+    batch = _batch_sizes(cfg, world_size, announce=False)[2]
+    if rows >= batch * world_size:
+        return None
+    cap = rows // world_size
+    fixes.append(f'lower device_eval_batch_size to at most {cap}' if cap else f'run on fewer than {world_size} processes')
+    fixes.append('set compile=false (the partial batch is then kept, at the cost of one recompile)')
+    return (f'{what} holds {rows:,} {unit}, fewer than one eval batch on each of the {world_size} process(es) '
+            f'(device_eval_batch_size {batch}): with compile=true the partial last eval batch is dropped, so evaluation would '
+            f'see no data. {_join_fixes(fixes)}.')
+
+
+def _join_fixes(fixes: list[str]) -> str:
+    """``'A'``, ``'A or B'``, ``'A, B, or C'``, capitalised."""
+    if len(fixes) == 1:
+        text = fixes[0]
+    else:
+        text = ', '.join(fixes[:-1]) + (', or ' if len(fixes) > 2 else ' or ') + fixes[-1]
+    return text[0].upper() + text[1:]
 
 
 def _missing_sni(d: SNIDataConfig) -> list[str]:
@@ -148,12 +200,13 @@ def preflight(cfg: TrainConfig, *, train: bool = True, dry_run_gpus: Optional[in
                         'here, add --dry-run (composer recipes/train.py <recipe.yaml> --dry-run); to train on CPU without FSDP, '
                         'remove parallelism_config (override ~parallelism_config).')
     world = str(dry_run_gpus) if dry else os.environ.get('WORLD_SIZE', '1')
-    if world.isdigit() and int(world) > 0:
-        problems += _batch_size_problems(cfg, int(world), on_gpu)
+    world_size = int(world) if world.isdigit() and int(world) > 0 else None
+    if world_size is not None:
+        problems += _batch_size_problems(cfg, world_size, on_gpu)
     else:
         problems.append(f"The WORLD_SIZE environment variable is {world!r}, not a positive integer; unset it, or launch with composer -n N.")
     notes: list[str] = []
-    (notes if dry else problems).extend(_missing_splits(cfg, train))  # a dry run needs no data
+    (notes if dry else problems).extend(_missing_splits(cfg, train, world_size))  # a dry run needs no data
     tok = cfg.tokenizer.name
     if tok is not None and _looks_like_path(tok) and not os.path.exists(os.path.expanduser(tok)):
         problems.append(f"tokenizer.name '{tok}' does not exist. Set tokenizer.name to a hub name (e.g. google/t5-v1_1-base), "
@@ -165,6 +218,8 @@ def preflight(cfg: TrainConfig, *, train: bool = True, dry_run_gpus: Optional[in
             problems.append(f"model.name '{cfg.model.name}' {what}. Set model.name to a built-in config (google/t5-v1_1-small, -base, "
                             '-large, -xl, -xxl), a Hugging Face model directory with config.json, or a hub name.')
     problems += _attn_impl_problems(cfg)
+    if train:
+        problems += _save_folder_problems(cfg, create=not dry)
     load_path = cfg.load_path
     if load_path and '://' not in load_path and '{' not in load_path:  # '{rank}'-style names are formatted by Composer
         if cfg.model.init == 'checkpoint' and not os.path.isfile(load_path):
@@ -192,6 +247,33 @@ def preflight(cfg: TrainConfig, *, train: bool = True, dry_run_gpus: Optional[in
     if problems:
         raise ConfigError(problems)
     return notes
+
+
+def _save_folder_problems(cfg: TrainConfig, *, create: bool) -> list[str]:
+    """A local save_folder that checkpoints cannot be written to (a file, read-only, under /proc), found before training.
+
+    ``create``: probe by creating the folder and a file in it; a dry run only asks the nearest
+    existing folder above it whether it is writable.
+    """
+    from t5composer.checkpoints import save_folder_problem
+    from t5composer.data.locations import is_remote
+
+    folder = cfg.save_folder
+    if folder is None or is_remote(folder):
+        return []
+    folder = folder.replace('{run_name}', cfg.run_name or '')
+    if '{' in folder:
+        return []  # other Composer placeholders ({rank}, ...): checked once the Trainer formats them
+    if create:
+        problem = save_folder_problem(folder)
+        return [problem] if problem else []
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if os.path.isdir(existing) and os.access(existing, os.W_OK):
+        return []
+    what = 'is a file, not a folder' if not os.path.isdir(existing) else 'is not writable'
+    return [f"save_folder '{folder}' cannot be created or written: '{existing}' {what}. Point save_folder (or run_name) elsewhere."]
 
 
 def _attn_impl_problems(cfg: TrainConfig) -> list[str]:
@@ -232,38 +314,82 @@ def plan_data(cfg: TrainConfig) -> DataPlan:
     return DataPlan(tokenizer_name=cfg.tokenizer.name, local=d.local, remote=d.remote)
 
 
-def _check_split_metadata(cfg: TrainConfig, plan: DataPlan, tokenizer: Any, expanded_length: int) -> None:
-    """Refuse data converted with another tokenizer or length (local splits, and remote ones
-    through their ``t5composer_meta.json``, fetched like the shards)."""
+def _check_split_metadata(cfg: TrainConfig, plan: DataPlan, tokenizer: Any, expanded_length: int, *,
+                          world_size: Optional[int] = None, train: bool = True) -> dict[str, bool]:
+    """Check the splits before anything reads them; raise :class:`ConfigError` listing every problem.
+
+    - Data converted with another tokenizer or length is refused (local splits, and remote ones
+      through their ``t5composer_meta.json``, fetched like the shards).
+    - The shards: each one ``index.json`` lists is present with its recorded size, and the rows
+      add up to the metadata's (for a remote split: the shards already in the local cache, and an
+      index there that is not the store's); with ``data.verify_hashes`` their checksums too.
+    - With ``world_size``: a split too small for one batch (:func:`_split_size_problem`), for the
+      builtin corpus and remote splits too, which preflight cannot see.
+
+    Args:
+        cfg: the config.
+        plan: where the tokenizer and the splits are.
+        tokenizer: the loaded tokenizer.
+        expanded_length: the row length the config needs.
+        world_size: processes of the run (None: sizes are not checked).
+        train: the train split is read too (else only the eval split is checked).
+
+    Returns:
+        ``{split: whether its index.json records shard checksums}``.
+    """
     import tempfile
+    from pathlib import Path
 
     from t5composer.data.locations import fetch_remote_file, is_remote, split_location
     from t5composer.data.metadata import META_FILENAME, check_split_metadata, read_split_metadata
+    from t5composer.data.verify import SHARD_HASH, check_files, check_hashes, index_rows, read_index, repair_advice, verify_command
     from t5composer.tokenization import tokenizer_fingerprint
 
+    d = cfg.data
     remote = plan.remote if is_remote(plan.remote) else None
     root = remote or plan.local or plan.remote
     if root is None:
-        return
+        return {}
     fingerprint = tokenizer_fingerprint(tokenizer)
-    for split in (cfg.data.train_split, cfg.data.eval_split):
+    problems: list[str] = []
+    hashed: dict[str, bool] = {}
+    for split in (d.train_split if train else None, d.eval_split):
         if not split:
             continue
         split_dir = split_location(root, split)
+        cache = split_location(plan.local, split) if remote is not None else None
         try:
             if remote is not None:
                 with tempfile.TemporaryDirectory() as tmp:
                     try:
-                        fetch_remote_file(f'{split_dir}/{META_FILENAME}', os.path.join(tmp, META_FILENAME), timeout=cfg.data.download_timeout)
+                        fetch_remote_file(f'{split_dir}/{META_FILENAME}', os.path.join(tmp, META_FILENAME), timeout=d.download_timeout)
                     except FileNotFoundError as e:
                         raise FileNotFoundError(
                             f'{split_dir} has no {META_FILENAME}: it was not converted by t5composer, or its conversion did not '
                             f'finish. Convert it with: python recipes/convert_c4.py --out_root {remote} --splits {_hf_split_name(split)} '
-                            f'--tokenizer {plan.tokenizer_name} --input_length {cfg.data.input_length} --overwrite',
+                            f'--tokenizer {plan.tokenizer_name} --input_length {d.input_length} --overwrite',
                         ) from e
                     meta = read_split_metadata(tmp)
+                    fetch_remote_file(f'{split_dir}/index.json', os.path.join(tmp, 'index.json'), timeout=d.download_timeout)
+                    try:
+                        index = read_index(tmp)
+                    except ValueError as e:
+                        raise ValueError(str(e).replace(os.path.join(tmp, 'index.json'), f'{split_dir}/index.json') + ' '
+                                         + repair_advice(split_dir, meta)) from e
+                    cached_index = Path(cache, 'index.json') if cache else None
+                    if cached_index and cached_index.is_file() and cached_index.read_bytes() != Path(tmp, 'index.json').read_bytes():
+                        problems.append(
+                            f'{cached_index} differs from {split_dir}/index.json: the split in data.remote was converted again '
+                            f'since the local cache was filled, and the run would mix the two. Delete {cache} (it is filled '
+                            'again from data.remote as training reads it).',
+                        )
+                        continue
             else:
                 meta = read_split_metadata(split_dir)
+                try:
+                    index = read_index(split_dir)
+                except ValueError as e:
+                    raise ValueError(f'{e} {repair_advice(split_dir, meta)}') from e
             check_split_metadata(
                 meta,
                 tokenizer_fingerprint=fingerprint,
@@ -271,10 +397,36 @@ def _check_split_metadata(cfg: TrainConfig, plan: DataPlan, tokenizer: Any, expa
                 expanded_length=expanded_length,
                 split_dir=split_dir,
                 tokenizer_name=plan.tokenizer_name,
-                input_length=cfg.data.input_length,
+                input_length=d.input_length,
             )
         except (OSError, ValueError) as e:
-            raise ConfigError([str(e)]) from e
+            problems.append(str(e))
+            continue
+        hashed[split] = all(SHARD_HASH in (s.get('zip_data') or s['raw_data']).get('hashes', {}) for s in index['shards'])
+        files_dir = cache if remote is not None else split_dir
+        damaged = check_files(files_dir, index, meta_rows=meta['rows'], cache=remote is not None) if files_dir else []
+        if d.verify_hashes and files_dir and os.path.isdir(files_dir):
+            found, notes = check_hashes(files_dir, index)
+            damaged += found
+            for note in notes:
+                log.warning('%s: %s', split_dir, note)
+        if damaged and remote is not None:
+            problems.append(f'The local cache {cache} of data.remote holds damaged files:\n    - ' + '\n    - '.join(damaged)
+                            + f'\n  Delete them (or all of {cache}): they are fetched again from {split_dir}.')
+        elif damaged:
+            problems.append(f"Split '{split}' at {split_dir} is damaged:\n    - " + '\n    - '.join(damaged)
+                            + f'\n  Check every shard with: {verify_command(split_dir)}. {repair_advice(split_dir, meta)}')
+        elif world_size is not None:
+            if d.builtin_corpus is not None:
+                what, more = f"The builtin corpus's split '{split}' ({split_dir})", None
+            else:
+                what, more = f"Split '{split}' under {'data.remote ' if remote else ''}'{root}'", 'Convert more documents (a larger --max_docs)'
+            problem = _split_size_problem(cfg, what=what, rows=index_rows(index), world_size=world_size,
+                                          train=train and split == d.train_split, more=more)
+            problems += [problem] if problem else []
+    if problems:
+        raise ConfigError(problems)
+    return hashed
 
 
 def _batch_size_problems(cfg: TrainConfig, world_size: int, on_gpu: bool) -> list[str]:
@@ -298,14 +450,16 @@ def _batch_size_problems(cfg: TrainConfig, world_size: int, on_gpu: bool) -> lis
     return []
 
 
-def _batch_sizes(cfg: TrainConfig, world_size: int) -> tuple[int, Any, int]:
-    """``(per-device batch, microbatch, eval batch)``; a microbatch above the device batch becomes the device batch."""
+def _batch_sizes(cfg: TrainConfig, world_size: int, *, announce: bool = True) -> tuple[int, Any, int]:
+    """``(per-device batch, microbatch, eval batch)``; a microbatch above the device batch becomes the device batch
+    (said in the log when ``announce``)."""
     device_batch = cfg.global_train_batch_size // world_size
     micro = cfg.device_train_microbatch_size or device_batch
     if isinstance(micro, int) and micro > device_batch:
-        log.info('device_train_microbatch_size %d is more than the per-device batch %d (%d / %d processes): '
-                 'each device runs its batch as one microbatch of %d.', micro, device_batch,
-                 cfg.global_train_batch_size, world_size, device_batch)
+        if announce:
+            log.info('device_train_microbatch_size %d is more than the per-device batch %d (%d / %d processes): '
+                     'each device runs its batch as one microbatch of %d.', micro, device_batch,
+                     cfg.global_train_batch_size, world_size, device_batch)
         micro = device_batch
     eval_batch = cfg.device_eval_batch_size or (micro if isinstance(micro, int) else device_batch)
     return device_batch, micro, eval_batch
@@ -335,7 +489,7 @@ def _load_tokenizer(name: str) -> Any:
 
     try:
         return load_tokenizer(name)
-    except (OSError, ValueError, TypeError) as e:
+    except (OSError, ValueError, TypeError, RuntimeError) as e:  # RuntimeError: sentencepiece on a damaged .model
         raise ConfigError([
             f"tokenizer.name '{name}': {e} Set tokenizer.name to a hub name (e.g. google/t5-v1_1-base), a directory "
             'with tokenizer files, or the path of a spiece.model.',
@@ -351,7 +505,7 @@ def _checkpoint_metadata(cfg: TrainConfig) -> tuple[Any, Optional[str]]:
     if not os.path.isfile(path):
         raise ConfigError([f"load_path '{path}' does not exist; point it at a Composer checkpoint (e.g. runs/pt_base/latest-rank0.pt)."])
     # mmap: only the small metadata is read here; Composer loads the weights later.
-    state = torch.load(path, map_location='cpu', weights_only=False, mmap=True)
+    state = _load_start_checkpoint(path)
     try:
         config, tokenizer_files = metadata_from_checkpoint(state)
     except (KeyError, ValueError) as e:
@@ -411,15 +565,18 @@ def _model_config(cfg: TrainConfig, tokenizer: Any) -> Any:
 
 def _pretraining_parts(cfg: TrainConfig, plan: DataPlan, tokenizer: Any, model_config: Any, batches: tuple, train: bool) -> RunParts:
     from composer.core import Evaluator
+    from composer.utils import dist
 
     from t5composer.data.span_corruption import SpanCorruptionCollator, random_spans_helper
     from t5composer.data.streaming import build_span_dataloader
+    from t5composer.data.verify import SHARD_HASH
     from t5composer.tokenization import sentinel_ids
 
     d = cfg.data
     device_batch, _, eval_batch = batches
     raw_length, _ = random_spans_helper(d.input_length, d.noise_density, d.mean_noise_span_length)
-    _check_split_metadata(cfg, plan, tokenizer, raw_length)
+    _hold_split_locks(cfg, plan, train)  # before the checks: the splits checked are the splits read
+    hashed = _check_split_metadata(cfg, plan, tokenizer, raw_length, world_size=dist.get_world_size(), train=train)
     collator = SpanCorruptionCollator(
         sentinel_ids=sentinel_ids(tokenizer, 100),
         eos_id=tokenizer.eos_token_id,
@@ -435,17 +592,54 @@ def _pretraining_parts(cfg: TrainConfig, plan: DataPlan, tokenizer: Any, model_c
         predownload=d.predownload, download_timeout=d.download_timeout,
         num_workers=d.num_workers, prefetch_factor=d.prefetch_factor,
         pin_memory=d.pin_memory, persistent_workers=d.persistent_workers,
+        row_length=raw_length, vocab_size=len(tokenizer),
     )
+
+    def validate_hash(split: str) -> Optional[str]:
+        # Shards fetched or unpacked during the run are checked too (none to check on old splits).
+        return SHARD_HASH if d.verify_hashes and hashed.get(split) else None
+
     train_loader = None
     if train:
-        train_loader = build_span_dataloader(split=d.train_split, device_batch_size=device_batch, shuffle=d.shuffle, train=True, **loader_kwargs)
+        train_loader = build_span_dataloader(split=d.train_split, device_batch_size=device_batch, shuffle=d.shuffle, train=True,
+                                             validate_hash=validate_hash(d.train_split), **loader_kwargs)
     evaluators = []
     if d.eval_split:
         # Under torch.compile a short last batch costs a recompile (a minute for T5-base on an H100).
         eval_loader = build_span_dataloader(split=d.eval_split, device_batch_size=eval_batch, shuffle=False, train=False,
-                                            drop_last=cfg.compile, **loader_kwargs)
+                                            drop_last=cfg.compile, validate_hash=validate_hash(d.eval_split), **loader_kwargs)
         evaluators.append(Evaluator(label='eval', dataloader=eval_loader, metric_names=['LanguageNLL', 'TokenAccuracy']))
     return RunParts(train_loader=train_loader, evaluators=evaluators)
+
+
+def _shared_memory_releases(parts: RunParts) -> list:
+    """One function per Streaming dataset of ``parts`` that unmaps its shared memory (Streaming's own waits for exit)."""
+    from functools import partial
+
+    from streaming import StreamingDataset
+
+    from t5composer.data.shared_memory import release_shared_memory
+
+    loaders = [parts.train_loader] + [e.dataloader.dataloader for e in parts.evaluators]  # an Evaluator holds a DataSpec
+    datasets = [getattr(loader, 'dataset', None) for loader in loaders if loader is not None]
+    return [partial(release_shared_memory, d) for d in datasets if isinstance(d, StreamingDataset)]
+
+
+def _hold_split_locks(cfg: TrainConfig, plan: DataPlan, train: bool) -> None:
+    """Hold a reader lock on each local split this process reads, so ``convert_c4.py --overwrite``
+    refuses to replace it while the run lives (see :mod:`t5composer.data.split_lock`)."""
+    from t5composer.data.locations import is_remote, split_location
+    from t5composer.data.split_lock import SplitInUseError, hold_reader_lock
+
+    if is_remote(plan.remote) or plan.local is None:
+        return  # a remote split's local cache is Streaming's; the store is replaced only by deleting it first
+    for split in (cfg.data.train_split if train else None, cfg.data.eval_split):
+        split_dir = split_location(plan.local, split) if split else None
+        if split_dir and os.path.isdir(split_dir):
+            try:
+                hold_reader_lock(split_dir)
+            except SplitInUseError as e:
+                raise ConfigError([str(e)]) from e
 
 
 def _sni_root(cfg: TrainConfig) -> str:
@@ -481,6 +675,16 @@ def _sni_parts(cfg: TrainConfig, tokenizer: Any, model_config: Any, batches: tup
             raise ConfigError([f"data.root '{root}': {e}"]) from e
         for problem in split.problems:
             log.warning('SNI %s split: %s', subset, problem)
+        if train:  # (the test split keeps its partial batch: any example evaluates)
+            # Before the dataset and its sampler exist: a batch larger than the split must cost nothing.
+            source = 'the builtin synthetic tasks' if d.builtin_tasks else root
+            problem = _split_size_problem(
+                cfg, what=f'The SNI {subset} split ({source}, splits/{d.split_name}/{subset}_tasks.txt: {len(split.tasks)} task(s), '
+                          f'at most {d.max_instances_per_task} instances each)',
+                rows=len(split.examples), world_size=dist.get_world_size(), train=True, unit='examples',
+                more=None if d.builtin_tasks else f'Add tasks to splits/{d.split_name}/{subset}_tasks.txt, raise data.max_instances_per_task')
+            if problem:
+                raise ConfigError([problem])
         dataset = SNIDataset(split.examples, tokenizer=tokenizer, max_source_length=d.max_source_length, max_target_length=d.max_target_length)
         # A map-style dataset with Composer's distributed sampler: shards across ranks, shuffles
         # with the seed, and Composer resumes it mid-epoch by skipping the batches already seen.
@@ -511,6 +715,10 @@ def build_trainer(
 ) -> Any:
     """Build the Composer Trainer that runs ``cfg``.
 
+    A training run holds a lock on its local save folder from here until ``trainer.close()``
+    (a second run into the same folder is refused), and its Streaming datasets hold shared memory
+    until then; a build that fails gives both back.
+
     Args:
         cfg: a validated config (see :func:`t5composer.config.load_config`).
         extra_callbacks: callbacks to add to those the config declares (tests use this).
@@ -521,10 +729,32 @@ def build_trainer(
             line does, before its heavy imports), so its checks (a ``data.remote`` probe, a
             dummy optimizer) are not repeated.
     """
-    from composer import Trainer
+    from t5composer.callbacks.release_on_close import release_all
+
+    releases: list = []
+    try:
+        return _build_trainer(cfg, extra_callbacks=extra_callbacks, extra_loggers=extra_loggers, train=train,
+                              predictions_folder=predictions_folder, preflight_done=preflight_done, releases=releases)
+    except BaseException:
+        release_all(releases)
+        raise
+
+
+def _build_trainer(
+    cfg: TrainConfig,
+    *,
+    extra_callbacks: tuple,
+    extra_loggers: tuple,
+    train: bool,
+    predictions_folder: Optional[str],
+    preflight_done: bool,
+    releases: list,
+) -> Any:
+    """:func:`build_trainer`; appends to ``releases`` a function for each resource it takes (run lock, shared memory)."""
     from composer.algorithms import GradientClipping
     from composer.devices import DeviceCPU, DeviceGPU
     from composer.utils import dist, reproducibility
+    from safetensors import SafetensorError
 
     from t5composer.callbacks.model_metadata import ModelMetadata
     from t5composer.components import build_components
@@ -543,7 +773,9 @@ def build_trainer(
     batches = _batch_sizes(cfg, dist.get_world_size())
     fine_tuning = isinstance(cfg.data, SNIDataConfig)
 
-    resume_path = _prepare_checkpoints(cfg) if train else None
+    resume_path, run_lock = _prepare_checkpoints(cfg, train=train)
+    if run_lock is not None:
+        releases.append(run_lock.release)
     # Where the architecture and tokenizer come from: the config, or the checkpoint we start from.
     checkpoint_config, checkpoint_tokenizer = _checkpoint_metadata(cfg) if cfg.model.init == 'checkpoint' else (None, None)
     plan = None if fine_tuning else plan_data(cfg)  # the builtin corpus is built by one process; others wait
@@ -579,6 +811,7 @@ def build_trainer(
     else:
         assert plan is not None
         parts, generation = _pretraining_parts(cfg, plan, tokenizer, model_config, batches, train), None
+    releases += _shared_memory_releases(parts)
 
     try:
         model = build_composer_t5(
@@ -591,23 +824,31 @@ def build_trainer(
             generation=generation,
             revision=cfg.model.revision,
         )
-    except ValueError as e:  # weights that are not safetensors, or none at all
-        raise ConfigError([f'model.name: {e}']) from e
+    except (ValueError, OSError, SafetensorError) as e:  # weights that are not safetensors, none at all, or a damaged file
+        raise ConfigError([f"model.name '{cfg.model.name}': the weights cannot be loaded ({type(e).__name__}: {e}). Point "
+                           'model.name at a Hugging Face model directory (or .safetensors file) that loads, or download it again.'
+                           if isinstance(e, SafetensorError) else f'model.name: {e}']) from e
 
     _check_start_checkpoint(resume_path or cfg.load_path, model, cfg, resumed=resume_path is not None)
 
     sharded = trainer_parallelism_config(cfg) is not None  # FSDP: optimizers see shards of tensors
     optimizer = build_optimizer(model, name=cfg.optimizer.name, lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay,
-                                sharded=sharded, **cfg.optimizer.kwargs)
-    scheduler = build_scheduler(cfg.scheduler.name, base_lr=cfg.optimizer.lr, **cfg.scheduler.kwargs)
+                                sharded=sharded, compile_step=cfg.compile, **cfg.optimizer.kwargs)
+    # An evaluation has no schedule (and no max_duration for one to be relative to).
+    scheduler = build_scheduler(cfg.scheduler.name, base_lr=cfg.optimizer.lr, **cfg.scheduler.kwargs) if train else None
 
     algorithms = build_components('algorithms', cfg.algorithms)
     callbacks = build_components('callbacks', cfg.callbacks) + list(extra_callbacks)
     # Checkpoints carry the model config and tokenizer, so exports and fine-tuning need nothing else.
-    callbacks.append(ModelMetadata(config=model_config, tokenizer_dir=tokenizer))
+    metadata = ModelMetadata(config=model_config, tokenizer_dir=tokenizer)
+    callbacks.append(metadata)
+    if run_lock is not None:  # global rank 0 of a run with a local save folder: it writes the checkpoints
+        _check_free_space(cfg, run_lock.folder, model, extra_bytes=sum(len(b) for b in metadata.tokenizer_files.values()))
     if train:
         from t5composer.callbacks.nonfinite_guard import NonFiniteGuard
+        from t5composer.callbacks.progress_guard import ProgressGuard
 
+        callbacks.append(ProgressGuard())  # an epoch without a batch ends the run instead of spinning
         callbacks.append(NonFiniteGuard(action=cfg.nonfinite.action, max_skips=cfg.nonfinite.max_skips,
                                         check_gradients=cfg.precision != 'amp_fp16'))
     if fine_tuning and cfg.data.eval:
@@ -634,7 +875,12 @@ def build_trainer(
     if not any(isinstance(a, GradientClipping) for a in algorithms):
         log.info('No gradient clipping configured (algorithms.gradient_clipping).')
 
-    return Trainer(
+    from t5composer.callbacks.release_on_close import ReleaseOnClose
+    from t5composer.trainer import NonBlockingTrainer
+
+    callbacks.append(ReleaseOnClose(releases=releases))  # the run lock, the datasets' shared memory
+
+    return NonBlockingTrainer(  # Composer's Trainer without its waits for the device in each step
         model=model,
         train_dataloader=parts.train_loader,
         eval_dataloader=parts.evaluators or None,
@@ -707,30 +953,40 @@ def _with_default_log_dirs(section: dict[str, Optional[dict[str, Any]]], folder:
     return {**section, 'tensorboard': options}
 
 
-def _prepare_checkpoints(cfg: TrainConfig) -> Optional[str]:
-    """Make saves atomic, repair the save folder after a kill, and check ``load_path``.
+def _prepare_checkpoints(cfg: TrainConfig, *, train: bool) -> tuple[Optional[str], Any]:
+    """Lock the save folder, make saves atomic, repair the folder after a kill (training), and check ``load_path`` (always).
 
-    Returns the checkpoint autoresume will load (None when the run starts fresh). Global rank 0
+    Returns the checkpoint autoresume will load (None when the run starts fresh) and the run
+    lock (global rank 0 of a run with a local save folder; None otherwise). Global rank 0
     repairs the folder while the other ranks wait, so all of them then see the same latest link.
     """
     from composer.utils import dist
 
-    from t5composer.checkpoints import checkpoint_problem, install_atomic_writes, recover_checkpoints
+    from t5composer.checkpoints import install_atomic_writes, recover_checkpoints
+    from t5composer.run_lock import RunLockedError, acquire_run_lock
 
-    install_atomic_writes()
-    folder = _save_folder(cfg)
-    resume_path = None
-    if cfg.autoresume and folder is not None:
+    folder = _save_folder(cfg) if train else None
+    resume_path, lock = None, None
+    if train:
+        install_atomic_writes()
+    if folder is not None:
         error: list[Optional[str]] = [None]
         if dist.get_global_rank() == 0:
             try:
-                resume_path = recover_checkpoints(folder).resume_from
-            except ConfigError as e:
-                error[0] = str(e)
+                # One run per folder: a second writer would interleave checkpoints and metrics.jsonl.
+                lock = acquire_run_lock(folder)
+                if cfg.autoresume:
+                    resume_path = recover_checkpoints(folder).resume_from
+                elif not cfg.save_overwrite:
+                    _refuse_earlier_checkpoints(folder)
+            except (ConfigError, RunLockedError) as e:
+                error[0] = '\n'.join(e.problems) if isinstance(e, ConfigError) else str(e)
+                if lock is not None:
+                    lock.release()
         dist.broadcast_object_list(error, src=0)  # every rank stops together, none waits forever
         if error[0] is not None:
             raise ConfigError([error[0]])
-        if dist.get_global_rank() != 0:
+        if cfg.autoresume and dist.get_global_rank() != 0:
             link = os.path.join(folder, 'latest-rank0.pt')
             resume_path = link if os.path.exists(link) else None
     if resume_path is None and cfg.load_path and '://' not in cfg.load_path:
@@ -741,10 +997,46 @@ def _prepare_checkpoints(cfg: TrainConfig) -> Optional[str]:
                 'at a Composer checkpoint (e.g. runs/pt_base/latest-rank0.pt; the demo makes one with composer recipes/train.py '
                 'yamls/demo.yaml), or remove it to start from scratch.',
             ])
-        problem = checkpoint_problem(cfg.load_path)
-        if problem is not None:
-            raise ConfigError([f"load_path '{cfg.load_path}' cannot be loaded: {problem}." + _older_checkpoints_hint(cfg.load_path)])
-    return resume_path
+        _load_start_checkpoint(cfg.load_path, read=False)
+    return resume_path, lock
+
+
+def _refuse_earlier_checkpoints(folder: str) -> None:
+    """Without autoresume, checkpoints of an earlier run in the folder would stop this run at its first
+    save (Composer refuses to write over them), a whole save interval in; say so before training."""
+    from t5composer.checkpoints import checkpoints_by_batch
+
+    found = checkpoints_by_batch(folder)
+    if found:
+        names = ', '.join(os.path.basename(p) for p in found[:3]) + (f' and {len(found) - 3} more' if len(found) > 3 else '')
+        raise ConfigError([
+            f"save_folder '{folder}' already holds checkpoints of an earlier run ({names}) and autoresume is off, so this run "
+            'would stop at its first save rather than write over them. Set autoresume=true to continue that run, give this run '
+            'another run_name / save_folder, or set save_overwrite=true to replace them.',
+        ])
+
+
+def _load_start_checkpoint(path: str, *, read: bool = True) -> Any:
+    """Check (once per file) that the checkpoint a run or an evaluation starts from is intact; read it (mmap) if asked."""
+    from t5composer.checkpoints import load_checkpoint, unusable_checkpoint_message
+
+    role, use = f"load_path '{path}'", 'load_path={path}'
+    if not read:
+        message = unusable_checkpoint_message(path, role=role, use=use)
+        if message is not None:
+            raise ConfigError([message])
+        return None
+    return load_checkpoint(path, role=role, use=use)
+
+
+def _check_free_space(cfg: TrainConfig, folder: str, model: Any, *, extra_bytes: int) -> None:
+    """Refuse to start a run whose first checkpoint would not fit on the save folder's disk."""
+    from t5composer.checkpoints import estimated_checkpoint_bytes, free_space_problem
+
+    needed = estimated_checkpoint_bytes(model, optimizer=cfg.optimizer.name, optimizer_kwargs=cfg.optimizer.kwargs, extra_bytes=extra_bytes)
+    problem = free_space_problem(folder, needed)
+    if problem is not None:
+        raise ConfigError([problem])
 
 
 def _report_world_size_change(path: str, rng: Any, cfg: TrainConfig) -> None:
@@ -761,19 +1053,6 @@ def _report_world_size_change(path: str, rng: Any, cfg: TrainConfig) -> None:
         )
 
 
-def _older_checkpoints_hint(path: str) -> str:
-    """Point at the intact checkpoints beside a bad one, newest first, as a ready override."""
-    from t5composer.checkpoints import _checkpoints_by_batch, checkpoint_problem
-
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        return ''
-    for other in _checkpoints_by_batch(folder):
-        if os.path.abspath(other) != os.path.abspath(path) and checkpoint_problem(other) is None:
-            return f' The newest intact checkpoint beside it is {other}: resume from it with load_path={other}.'
-    return ' No intact checkpoint is beside it.'
-
-
 def _check_start_checkpoint(path: Optional[str], model: Any, cfg: TrainConfig, *, resumed: bool) -> None:
     """Read the checkpoint the run starts from once (mmap: no weights are read) to say when a
     resume changes the number of processes, and to list the keys of a checkpoint from another
@@ -787,7 +1066,7 @@ def _check_start_checkpoint(path: Optional[str], model: Any, cfg: TrainConfig, *
         return
     from t5composer.checkpoints import model_shape_problems
 
-    checkpoint = torch.load(path, map_location='cpu', weights_only=False, mmap=True)
+    checkpoint = _load_start_checkpoint(path)
     if report:
         _report_world_size_change(path, checkpoint.get('rng'), cfg)
     if not cfg.load_strict_model_weights:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import http.server
 import importlib.util
+import io
 import json
 import logging
 import re
@@ -22,12 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pytest
 import torch
 
 from t5composer.config import ConfigError, load_config
 from t5composer.data.sni import SNIDataError, load_sni_split
+from t5composer.data.split_lock import SplitInUseError
 from t5composer.training import build_trainer, preflight
+from split_damage import drop_unpacked, flip_byte, hold_in_another_process, rewrite_rows, shard_names, stream_in_another_process
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / 'docs' / 'reliability.md'
@@ -161,39 +165,40 @@ def built(*overrides: str, setup: Callable[[Env], None] | None = None) -> Callab
     return run
 
 
-def train_cli(make_args: Callable[[Env], list[str]]) -> Callable[[Env], str]:
-    """recipes/train.py's main: exit status 2 and one 'error:' message, no traceback."""
-    from t5composer.cli import train_main
-
+def cli(main: Callable[[list[str]], int], make_args: Callable[[Env], list[str]], *, status: int = 2,
+        extra: tuple[str, ...] = ()) -> Callable[[Env], str]:
+    """A command's main: exit status ``status``, one message on stderr (``error: ...``, or argparse's
+    usage error), no traceback."""
     def run(env: Env) -> str:
-        rc = train_main(make_args(env))
+        try:
+            rc = main(make_args(env) + list(extra))
+        except SystemExit as e:  # argparse's own usage errors
+            rc = e.code
         err = env.capsys.readouterr().err
-        assert rc == 2 and err.startswith('error: ') and 'Traceback' not in err, (rc, err)
+        assert rc == status and (err.startswith('error: ') or 'usage:' in err) and 'Traceback' not in err, (rc, err)
         return err
 
     return run
 
 
-def _convert_main() -> Callable[[list[str]], int]:
-    spec = importlib.util.spec_from_file_location('convert_c4_recipe', REPO / 'recipes' / 'convert_c4.py')
+def recipe_main(name: str) -> Callable[[list[str]], int]:
+    """The main of recipes/<name>.py."""
+    spec = importlib.util.spec_from_file_location(f'{name}_recipe', REPO / 'recipes' / f'{name}.py')
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.main
 
 
+def train_cli(make_args: Callable[[Env], list[str]]) -> Callable[[Env], str]:
+    """recipes/train.py: exit status 2."""
+    from t5composer.cli import train_main
+
+    return cli(train_main, make_args)
+
+
 def convert_cli(make_args: Callable[[Env], list[str]]) -> Callable[[Env], str]:
-    """recipes/convert_c4.py's main: exit status 2 and the message on stderr, no traceback."""
-
-    def run(env: Env) -> str:
-        try:
-            rc = _convert_main()(make_args(env) + ['--no_progress'])
-        except SystemExit as e:  # argparse's own usage errors
-            rc = e.code
-        err = env.capsys.readouterr().err
-        assert rc == 2 and 'Traceback' not in err, (rc, err)
-        return err
-
-    return run
+    """recipes/convert_c4.py: exit status 2."""
+    return cli(recipe_main('convert_c4'), make_args, extra=('--no_progress',))
 
 
 def convert(make_kwargs: Callable[[Env], dict], error: type[BaseException]) -> Callable[[Env], str]:
@@ -435,6 +440,260 @@ def truncated_gzip(texts: list[str]) -> bytes:
     return data[: len(data) * 2 // 3]
 
 
+# ------------------------------------------------------------------------------------ checkpoints, outputs and run folders (issue 11)
+
+
+def _recipe_file(env: Env) -> Path:
+    """The base config as a YAML file (the scripts take a recipe path)."""
+    import yaml
+
+    path = env.tmp / 'recipe.yaml'
+    path.write_text(yaml.safe_dump(base(env)))
+    return path
+
+
+
+
+def trained_checkpoint(env: Env) -> Path:
+    """A real checkpoint of the base config (made once per module), copied into the case's folder."""
+    made = env.world.tok.parent / 'ckpt' / 'ep0-ba4-rank0.pt'
+    if not made.exists():
+        cfg = load_config(None, ['max_duration=4ba', 'save_interval=4ba', f'save_folder={made.parent}', 'eval_interval=4ba'],
+                          base=base(env))
+        trainer = build_trainer(cfg)
+        trainer.fit()
+        trainer.close()
+    folder = env.tmp / 'run'
+    folder.mkdir(exist_ok=True)
+    shutil.copy(made, folder / 'ep0-ba2-rank0.pt')  # an intact older one beside the one the case breaks
+    shutil.copy(made, folder / 'ep0-ba4-rank0.pt')
+    return folder / 'ep0-ba4-rank0.pt'
+
+
+def corrupt_checkpoint(env: Env) -> Path:
+    """A checkpoint with one flipped byte inside a tensor: torch.load reads it without a word."""
+    path = trained_checkpoint(env)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return path
+
+
+def evaluate_cli(make_args: Callable[[Env], list[str]]) -> Callable[[Env], str]:
+    """recipes/evaluate.py: exit status 2."""
+    from t5composer.cli import evaluate_main
+
+    return cli(evaluate_main, make_args)
+
+
+def export_cli(make_args: Callable[[Env], list[str]]) -> Callable[[Env], str]:
+    """recipes/export_hf.py: exit status 1, nothing written."""
+    return cli(recipe_main('export_hf'), make_args, status=1)
+
+
+def recipe_cli(name: str, make_args: Callable[[Env], list[str]]) -> Callable[[Env], str]:
+    """recipes/<name>.py: exit status 2."""
+    return cli(recipe_main(name), make_args)
+
+
+def non_empty_dir(env: Env) -> Path:
+    out = env.tmp / 'hf'
+    out.mkdir()
+    (out / 'notes.txt').write_text('mine')
+    return out
+
+
+def simulate(target: str, error: OSError) -> Callable[[Env], None]:
+    """Make ``target`` (a dotted attribute) raise ``error``: filesystems a root test cannot make (read-only, full)."""
+    def setup(env: Env) -> None:
+        def fail(*args: Any, **kwargs: Any) -> Any:
+            raise error
+
+        env.monkeypatch.setattr(target, fail)
+
+    return setup
+
+
+def tiny_disk(env: Env) -> None:
+    import shutil as shutil_module
+
+    import t5composer.checkpoints as checkpoints
+
+    usage = shutil_module.disk_usage(env.tmp)
+    env.monkeypatch.setattr(checkpoints.shutil, 'disk_usage', lambda path: usage._replace(free=20_000))
+
+
+def folder_in_use(env: Env) -> None:
+    """Another live process holds the save folder's run lock."""
+    import subprocess
+    import sys
+
+    script = ('import sys, time\nsys.path.insert(0, sys.argv[2])\nfrom t5composer.run_lock import acquire_run_lock\n'
+              'acquire_run_lock(sys.argv[1])\nprint("held", flush=True)\ntime.sleep(60)\n')
+    proc = subprocess.Popen([sys.executable, '-c', script, str(env.tmp / 'run'), str(REPO)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == 'held'
+    env.closers.append(lambda: (proc.kill(), proc.wait()))
+
+
+def earlier_checkpoints(env: Env) -> None:
+    trained_checkpoint(env)
+
+
+def damaged_tokenizer(env: Env) -> None:
+    (env.tmp / 'spiece.model').write_bytes(b'not a sentencepiece model')
+
+
+def damaged_hf_weights(env: Env) -> str:
+    """recipes/train.py with model.init=hf on a directory whose model.safetensors is damaged."""
+    from t5composer.models.presets import load_model_config
+
+    folder = env.tmp / 'hf'
+    load_model_config('google/t5-v1_1-small', d_model=32, d_kv=8, d_ff=64, num_heads=4, num_layers=2,
+                      vocab_size=640).save_pretrained(folder)
+    (folder / 'model.safetensors').write_bytes(b'\0' * 64)
+    cfg = base(env)
+    cfg['model'] = {'name': str(folder), 'init': 'hf', 'dropout_rate': 0.0}
+    return _refused(lambda: build_trainer(load_config(None, [], base=cfg)))
+
+
+# ------------------------------------------------------------------------------------ data integrity and data-size helpers (issue 11)
+
+
+def damaged(change: Callable[[Path], None]) -> Callable[[Env], None]:
+    """A private copy of the converted splits whose train split ``change`` damages."""
+    def setup(env: Env) -> None:
+        split = copy_split(env) / 'train'
+        drop_unpacked(split)  # read from the compressed shards, as a fresh split is
+        change(split)
+
+    return setup
+
+
+def fewer_shards_listed(env: Env) -> None:
+    """Splits of several shards, then train/index.json loses its last entry."""
+    from t5composer.data.c4_convert import convert_c4
+
+    convert_c4(source=str(env.world.source), out_root=env.tmp / 'mds', tokenizer=str(env.world.tok), input_length=64,
+               size_limit=40_000, progress=False)
+    _edit_json(env.tmp / 'mds' / 'train' / 'index.json', lambda idx: idx['shards'].pop())
+
+
+def flipped_root(env: Env) -> list[str]:
+    flip_byte(copy_split(env) / 'train' / shard_names(env.tmp / 'mds' / 'train')[0])
+    return [str(env.tmp / 'mds')]
+
+
+def overwrite_read_split(env: Env) -> dict:
+    """convert_c4 --overwrite of the splits while another process (a training run) reads train/."""
+    env.closers.append(hold_in_another_process(copy_split(env) / 'train', 'reader'))
+    return {'source': str(env.world.source), 'splits': ['train'], 'out_root': env.tmp / 'mds', 'overwrite': True}
+
+
+def read_a_batch(*overrides: str, setup: Callable[[Env], None]) -> Callable[[Env], str]:
+    """Build the Trainer and read training batches until one fails: the data path's own check."""
+    from t5composer.data.streaming import CorruptDataError
+
+    def run(env: Env) -> str:
+        setup(env)
+        cfg = load_config(None, [o.replace('{tmp}', str(env.tmp)) for o in overrides], base=base(env))
+        trainer = build_trainer(cfg)
+        env.closers.append(trainer.close)
+        with pytest.raises(CorruptDataError) as info:
+            for _ in trainer.state.train_dataloader:
+                pass
+        return str(info.value)
+
+    return run
+
+
+def verify_cli(make_args: Callable[[Env], list[str]], status: int) -> Callable[[Env], str]:
+    """recipes/verify_data.py's main: the exit status, and what it prints."""
+    from t5composer.data.verify import verify_main
+
+    def run(env: Env) -> str:
+        assert verify_main(make_args(env)) == status
+        out = env.capsys.readouterr()
+        return out.out + out.err
+
+    return run
+
+
+def fake_remote(env: Env) -> None:
+    """data.remote=s3://bucket/c4 served from the world's converted splits (no network)."""
+    import t5composer.data.locations as locations
+
+    def fetch(url: str, dest: str, *, timeout: float = 60.0) -> None:
+        shutil.copyfile(env.world.mds / url.removeprefix('s3://bucket/c4/'), dest)
+
+    env.monkeypatch.setattr(locations, 'remote_split_problems', lambda *a, **k: [])  # the store "answers"
+    env.monkeypatch.setattr(locations, 'fetch_remote_file', fetch)
+
+
+def builtin_corpus(env: Env) -> dict:
+    """The demo recipe's data section, its corpus served by the world's splits (building it takes a minute)."""
+    import t5composer.data.demo_corpus as demo_corpus
+
+    env.monkeypatch.setattr(demo_corpus, 'prepare_demo_data', lambda **kwargs: (env.world.tok, env.world.mds))
+    cfg = base(env)
+    cfg['tokenizer'] = {'name': None}
+    cfg['data'] = {'builtin_corpus': 'python_docs', 'input_length': 64, 'num_workers': 0}
+    return cfg
+
+
+def built_from(data: Callable[[Env], dict], *overrides: str, setup: Callable[[Env], None] | None = None) -> Callable[[Env], str]:
+    """Build the Trainer from another base config (builtin corpus, SNI)."""
+    def run(env: Env) -> str:
+        if setup is not None:
+            setup(env)
+        cfg = load_config(None, list(overrides), base=data(env))
+        return _refused(lambda: build_trainer(cfg))
+
+    return run
+
+
+def dry_run_of(data: Callable[[Env], dict], *overrides: str, gpus: int) -> Callable[[Env], str]:
+    """``--dry-run --dry-run-gpus N`` of another base config: refused as the run on N GPUs would be."""
+    from t5composer.dry_run import dry_run
+
+    def run(env: Env) -> str:
+        cfg = load_config(None, list(overrides), base=data(env))
+        return _refused(lambda: dry_run(cfg, gpus=gpus, out=io.StringIO()))
+
+    return run
+
+
+def sni_train_config(env: Env) -> dict:
+    """SNI data whose train split holds 3 examples (one task of 3 instances)."""
+    sni_checkout(env, {'good': sni_task()}, ['good'])
+    return sni_config(env)
+
+
+def reused_cache(env: Env) -> str:
+    """A job streams one 'remote' split into the local cache another job streams it into."""
+    from t5composer.data.span_corruption import SpanCorruptionCollator
+    from t5composer.data.streaming import build_span_dataloader
+
+    env.closers.append(stream_in_another_process(env.tmp / 'cache' / 'val', env.world.mds / 'val'))
+    return _refused(lambda: build_span_dataloader(
+        local=str(env.tmp / 'cache'), remote=str(env.world.mds), split='val', device_batch_size=4, shuffle=False, shuffle_seed=0,
+        train=False, num_workers=0, collator=SpanCorruptionCollator(sentinel_ids=list(range(599, 499, -1)), eos_id=1, seed=0)))
+
+
+def shared_memory_clash(env: Env) -> str:
+    """The outcome of two jobs registering Streaming's shared memory at once: the second finds its prefix taken."""
+    import streaming.base.shared.prefix as prefix
+
+    from t5composer.data.span_corruption import SpanCorruptionCollator
+    from t5composer.data.streaming import build_span_dataloader
+
+    kwargs = dict(local=str(env.world.mds), remote=None, device_batch_size=4, shuffle=False, shuffle_seed=0, train=False,
+                  num_workers=0, collator=SpanCorruptionCollator(sentinel_ids=list(range(599, 499, -1)), eos_id=1, seed=0))
+    first = build_span_dataloader(split='val', **kwargs)
+    taken = first.dataset._shm_prefix_int
+    env.monkeypatch.setattr(prefix, '_check_and_find_retrying', lambda *args, **kw: taken)  # the race's outcome
+    return _refused(lambda: build_span_dataloader(split='train', **kwargs))
+
+
 # ------------------------------------------------------------------------------------ the catalogue
 
 
@@ -490,7 +749,8 @@ CASES = [
     Case('max-duration-malformed', "max_duration='10 batches'", config('max_duration=10 batches'),
          "got '10 batches'", "'max_duration'", "must be a duration like '1000ba'"),
     Case('eval-interval-malformed', 'eval_interval=often', config('eval_interval=often'), "got 'often'", "'eval_interval'", "must be a duration like '1000ba'"),
-    Case('save-interval-wrong-unit', 'save_interval=100tok', config('save_interval=100tok'), "got '100tok'", "'save_interval'", 'must be in one of the units ba, ep'),
+    Case('save-interval-wrong-unit', 'save_interval=100tok', config('save_interval=100tok'), "got '100tok'", "'save_interval'",
+         'must be in one of the units ba (batches), ep (epochs)'),
     Case('console-interval-malformed', 'console_log_interval=often', config('console_log_interval=often'),
          "got 'often'", "'console_log_interval'", "must be a duration like '1000ba'"),
     Case('batch-size-zero', 'global_train_batch_size=0', config('global_train_batch_size=0'), 'must be positive, got 0', "'global_train_batch_size'", 'must be positive'),
@@ -502,6 +762,17 @@ CASES = [
     Case('autoresume-without-save-folder', 'autoresume=true, no save_folder', config('autoresume=true'),
          'you must also set', "'autoresume: true'", "set 'run_name' and 'save_folder'"),
     Case('run-name-with-slash', 'run_name=a/b', config('run_name=a/b'), "no '/'", "'run_name' 'a/b'", 'use e.g. run_name=pt_base-lr2e-2'),
+    # Durations, seeds and run names (issue 11): one parser, one set of unit rules.
+    Case('max-duration-bare-number', 'max_duration=20 (no unit)', config('max_duration=20'),
+         'a number without a unit, which Composer and the schedules would read differently', "'max_duration' is 20", 'e.g. 20ba (batches) or 20ep (epochs)'),
+    Case('warmup-bare-number', 'scheduler.t_warmup=3 (no unit)', config('scheduler.t_warmup=3'),
+         'a number without a unit', "'scheduler.t_warmup' is 3", 'e.g. 3ba (batches) or 3ep (epochs)'),
+    Case('eval-interval-fraction', 'eval_interval=2.5ba', config('eval_interval=2.5ba'),
+         'batches are counted whole', "'eval_interval' is '2.5ba'", 'write a whole number such as 2ba or 3ba'),
+    Case('max-duration-zero', 'max_duration=0ba', config('max_duration=0ba'), 'must be positive', "'max_duration'", "got '0ba'"),
+    Case('seed-negative', 'seed=-1', config('seed=-1'), 'must be between 0 and 4294967295', "'seed'", 'e.g. seed=2137'),
+    Case('run-name-dot-dot', 'run_name=.. (the run folder would be runs/..)', config('run_name=..'),
+         "not '.' or '..'", "'run_name' '..'", 'use e.g. run_name=pt_base-lr2e-2'),
     Case('num-workers-negative', 'data.num_workers=-1', config('data.num_workers=-1'), 'must be >= 0, got -1', "'data.num_workers'", 'must be >= 0'),
     Case('shuffle-algo-unknown', 'data.shuffle_algo=py1b', config('data.shuffle_algo=py1b'), "got 'py1b'", "'data.shuffle_algo'", "Did you mean 'py1br'?"),
     Case('log-level-unknown', 'python_log_level=loud', config('python_log_level=loud'), "got 'loud'", "'python_log_level'",
@@ -550,8 +821,8 @@ CASES = [
          'Invalid beta parameter at index 1: 1.5', 'optimizer.betas=[0.9, 1.5]', 'Fix those values'),
     Case('scheduler-unknown', 'scheduler.name=cosin', checked('scheduler.name=cosin'),
          'is not a registered schedule', "'scheduler.name' 'cosin'", "Did you mean 'cosine'?"),
-    Case('scheduler-bad-duration', 'scheduler.t_warmup=soon', checked('scheduler.t_warmup=soon'),
-         'is not a time string', "scheduler.t_warmup='soon'", 'like "10000ba"'),
+    Case('scheduler-bad-duration', 'scheduler.t_warmup=soon', config('scheduler.t_warmup=soon'),
+         "must be a duration like '1000ba'", "'scheduler.t_warmup'", 'units: ba (batches), ep (epochs), dur (a fraction of max_duration)'),
     Case('callback-unknown', 'callbacks.speed_monitr={}', checked('callbacks.speed_monitr={}'),
          'Unknown callback', "'speed_monitr' in 'callbacks'", "Did you mean 'speed_monitor'?"),
     Case('algorithm-unknown', 'algorithms.gradient_clip={}', checked('algorithms.gradient_clip={}'),
@@ -563,6 +834,51 @@ CASES = [
          "needs the 'wandb' package, which is not installed", "'loggers.wandb'", 'pip install wandb'),
     # Paths (preflight / tokenizer loading).
     Case('load-path-missing', 'load_path=<tmp>/nope.pt', checked('load_path={tmp}/nope.pt'), 'does not exist', 'nope.pt', 'Point load_path at a Composer checkpoint'),
+    # Checkpoints, outputs and run folders (issue 11): every command checks the checkpoint it reads.
+    Case('evaluate-checkpoint-corrupt', 'recipes/evaluate.py load_path=<a checkpoint with a flipped byte>',
+         evaluate_cli(lambda env: [str(_recipe_file(env)), f'load_path={corrupt_checkpoint(env)}']),
+         'cannot be loaded: it is corrupt (checksum mismatch', "load_path '<tmp>/run/ep0-ba4-rank0.pt'",
+         'The newest intact checkpoint beside it is <tmp>/run/ep0-ba2-rank0.pt: use it with load_path=<tmp>/run/ep0-ba2-rank0.pt'),
+    Case('export-checkpoint-corrupt', 'recipes/export_hf.py <a checkpoint with a flipped byte> OUT',
+         export_cli(lambda env: [str(corrupt_checkpoint(env)), str(env.tmp / 'hf')]),
+         'cannot be loaded: it is corrupt (checksum mismatch', 'Checkpoint <tmp>/run/ep0-ba4-rank0.pt',
+         'use it with python recipes/export_hf.py <tmp>/run/ep0-ba2-rank0.pt <tmp>/hf'),
+    Case('export-out-dir-not-empty', 'recipes/export_hf.py CKPT <a folder with other files>',
+         export_cli(lambda env: [str(trained_checkpoint(env)), str(non_empty_dir(env))]),
+         'is not empty (notes.txt)', '<tmp>/hf', 'pass --overwrite (overwrite=True) to replace it with this export, or choose another output directory'),
+    Case('export-overwrite-foreign-files', 'recipes/export_hf.py CKPT <a folder with other files> --overwrite',
+         export_cli(lambda env: [str(trained_checkpoint(env)), str(non_empty_dir(env)), '--overwrite']),
+         'holds files that are not part of a Hugging Face model (notes.txt)', '<tmp>/hf', 'choose another output directory'),
+    Case('save-folder-is-a-file', 'save_folder=<a file>', checked('save_folder={tmp}/file', setup=lambda env: (env.tmp / 'file').write_text('x')),
+         'is a file, not a folder', "save_folder '<tmp>/file'", 'point save_folder (or run_name) elsewhere'),
+    Case('save-folder-under-proc', 'save_folder=/proc/t5composer/run', checked('save_folder=/proc/t5composer/run'),
+         "files cannot be created in '/proc/t5composer'", "save_folder '/proc/t5composer/run'", 'Point save_folder (or run_name) at a folder you can write to'),
+    Case('save-folder-read-only', 'save_folder on a read-only filesystem (simulated: root ignores permission bits)',
+         checked('save_folder={tmp}/ro', setup=simulate('t5composer.checkpoints.tempfile.mkstemp', OSError(30, 'Read-only file system', '/mnt/ro/run'))),
+         "Read-only file system; it is on a read-only filesystem", "save_folder '<tmp>/ro'", 'Point save_folder (or run_name) at a folder you can write to'),
+    Case('save-folder-no-room', 'a disk with less room than one checkpoint (simulated)', built('save_folder={tmp}/run', setup=tiny_disk),
+         'has 0 MB free, but one checkpoint of this run takes about', "save_folder '<tmp>/run'", 'Free space there, or point save_folder at a disk with room'),
+    Case('save-folder-in-use', 'a second run into a save_folder another live process trains into', built('save_folder={tmp}/run', setup=folder_in_use),
+         'Another run is training into', "'<tmp>/run': process", 'Wait for that run to finish (or stop it), or give this run another run_name / save_folder'),
+    Case('tokenizer-file-damaged', 'tokenizer.name=<a spiece.model that is not one>', built('tokenizer.name={tmp}/spiece.model', setup=damaged_tokenizer),
+         'could not parse ModelProto', "tokenizer.name '<tmp>/spiece.model'", 'Set tokenizer.name to a hub name'),
+    Case('hf-weights-damaged', 'model.init=hf on a directory whose model.safetensors is damaged', damaged_hf_weights,
+         'the weights cannot be loaded (SafetensorError', "model.name '<tmp>/hf'", 'or download it again'),
+    Case('tokenizer-training-input-missing', 'recipes/train_tokenizer.py --input <tmp>/nope.txt',
+         recipe_cli('train_tokenizer', lambda env: ['--input', str(env.tmp / 'nope.txt'), '--out', str(env.tmp / 'tok'), '--vocab_size', '100']),
+         'does not exist', 'Tokenizer training input <tmp>/nope.txt', 'Pass --input text files'),
+    Case('tokenizer-training-corpus-too-small', 'recipes/train_tokenizer.py on one sentence with --vocab_size 32000',
+         recipe_cli('train_tokenizer', lambda env: ['--input', _write(env.tmp / 'one.txt', 'A single short sentence.'), '--out',
+                                                    str(env.tmp / 'tok'), '--vocab_size', '32000']),
+         'The corpus is too small for vocab_size=32000', 'vocab_size=32000', 'Use a smaller vocab_size or more text'),
+    Case('plot-out-unwritable', 'recipes/plot_runs.py RUN --out /proc/nope/loss.png',
+         recipe_cli('plot_runs', lambda env: [_write(env.tmp / 'metrics.jsonl', '{"step": 1, "loss/train/total": 5.0}\n'),
+                                              '--out', '/proc/nope/loss.png']),
+         'No such file or directory', "--out '/proc/nope'", 'fix the path'),
+    Case('save-folder-earlier-run', 'autoresume=false into a save_folder that holds checkpoints',
+         built('save_folder={tmp}/run', 'autoresume=false', setup=earlier_checkpoints),
+         'already holds checkpoints of an earlier run (ep0-ba4-rank0.pt, ep0-ba2-rank0.pt)', "save_folder '<tmp>/run'",
+         'Set autoresume=true to continue that run, give this run another run_name / save_folder, or set save_overwrite=true'),
     Case('init-checkpoint-load-path-missing', 'model.init=checkpoint load_path=<tmp>/nope.pt', checked('model.init=checkpoint', 'load_path={tmp}/nope.pt'),
          'does not exist', 'nope.pt', 'point load_path at a Composer checkpoint'),
     Case('tokenizer-path-missing', 'tokenizer.name=<tmp>/no_tokenizer', checked('tokenizer.name={tmp}/no_tokenizer'),
@@ -583,7 +899,7 @@ CASES = [
     Case('data-split-index-corrupt', 'train/index.json cut short', checked('data.local={tmp}/mds', setup=corrupt_index),
          'is unreadable or not an MDS index', 'train/index.json', '--overwrite'),
     Case('data-index-not-mds', 'train/index.json that is JSON but no MDS shard index', built('data.local={tmp}/mds', setup=index_not_mds),
-         'Could not open split', "split 'train' (local '<tmp>/mds/train')", 'Reconvert the split with recipes/convert_c4.py'),
+         'is unreadable or not an MDS index', '<tmp>/mds/train/index.json', 'reconvert the split: python recipes/convert_c4.py'),
     Case('data-fewer-samples-than-batch', 'global_train_batch_size=4096 over a small split', checked('global_train_batch_size=4096'),
          'fewer than one global batch', "Split 'train'", 'lower global_train_batch_size to at most'),
     Case('data-metadata-missing', 'train/ without t5composer_meta.json', built('data.local={tmp}/mds', setup=drop_meta),
@@ -664,6 +980,61 @@ CASES = [
          'must be in (0, 1), got 1.5', '--noise_density', 'T5 uses 0.15'),
     Case('c4-split-name-unknown', '--splits test', convert_cli(lambda env: ['--out_root', str(env.tmp / 'out'), '--splits', 'test']),
          "invalid choice: 'test'", '--splits', "choose from 'train', 'val'"),
+    # Data integrity and data-size checks (issue 11)
+    Case('data-builtin-fewer-rows-than-batch', 'data.builtin_corpus=python_docs, global_train_batch_size=100000',
+         built_from(builtin_corpus, 'global_train_batch_size=100000'),
+         'fewer than one global batch', "The builtin corpus's split 'train'", 'Lower global_train_batch_size to at most 1159'),
+    Case('dry-run-builtin-fewer-rows-than-batch', '--dry-run --dry-run-gpus 8 with data.builtin_corpus=python_docs, global_train_batch_size=4096',
+         dry_run_of(builtin_corpus, 'global_train_batch_size=4096', gpus=8),
+         'fewer than one global batch', "The builtin corpus's split 'train'", 'at most 1152 (a multiple of the 8 processes)'),
+    Case('data-remote-fewer-rows-than-batch', 'data.remote=s3://bucket/c4 (t5composer_meta.json: 1159 rows), global_train_batch_size=4096',
+         built('data.remote=s3://bucket/c4', 'data.local={tmp}/cache', 'global_train_batch_size=4096', setup=fake_remote),
+         'fewer than one global batch', "Split 'train' under data.remote 's3://bucket/c4'", 'lower global_train_batch_size to at most 1159'),
+    Case('data-sni-fewer-examples-than-batch', 'SNI train split of 3 examples, global_train_batch_size=4',
+         built_from(sni_train_config), 'holds 3 examples, fewer than one global batch',
+         'The SNI train split (<tmp>/sni, splits/default/train_tasks.txt', 'lower global_train_batch_size to at most 3'),
+    Case('data-eval-fewer-rows-than-eval-batch', 'compile=true device_eval_batch_size=4096 over a small val split',
+         checked('compile=true', 'device_eval_batch_size=4096'), 'with compile=true the partial last eval batch is dropped',
+         "Split 'val' under", 'lower device_eval_batch_size to at most'),
+    Case('data-shard-missing', 'train/shard.00000.mds.zstd deleted',
+         built('data.local={tmp}/mds', setup=damaged(lambda split: (split / 'shard.00000.mds.zstd').unlink())),
+         'is missing', 'shard.00000.mds.zstd', 'python recipes/verify_data.py'),
+    Case('data-shard-truncated', 'train/shard.00000.mds.zstd cut short',
+         built('data.local={tmp}/mds', setup=damaged(lambda split: (split / 'shard.00000.mds.zstd').write_bytes(
+             (split / 'shard.00000.mds.zstd').read_bytes()[:1000]))),
+         'the file is truncated or was replaced', 'shard.00000.mds.zstd has 1,000 bytes', 'reconvert the split: python recipes/convert_c4.py'),
+    Case('data-index-lists-fewer-shards', "train/index.json without its last shard's entry (the file is still there)",
+         built('data.local={tmp}/mds', setup=fewer_shards_listed),
+         'index.json is not the one the conversion wrote', 'Shard files on disk that index.json does not list: shard.', 'reconvert the split'),
+    Case('data-shard-checksum-mismatch', 'data.verify_hashes=true, one byte of train/shard.00000.mds.zstd flipped',
+         built('data.local={tmp}/mds', 'data.verify_hashes=true', setup=damaged(lambda split: flip_byte(split / 'shard.00000.mds.zstd'))),
+         'xxh3_64 checksum is', 'shard.00000.mds.zstd', 'Check every shard with: python recipes/verify_data.py'),
+    Case('data-token-out-of-vocab', 'a row of train/ holding token id 60000 (vocabulary: 600 ids)',
+         read_a_batch('data.local={tmp}/mds', 'data.shuffle=false', setup=damaged(
+             lambda split: rewrite_rows(split, lambda rows: [r if i else np.where(np.arange(len(r)) == 5, 60000, r) for i, r in enumerate(rows)]))),
+         'holds token id 60000, outside the vocabulary of 600 ids', 'Sample 0 (row 0 of shard shard.00000.mds.zstd)',
+         'Check every shard with: python recipes/verify_data.py'),
+    Case('data-row-wrong-length', 'a row of train/ with 69 tokens instead of 70',
+         read_a_batch('data.local={tmp}/mds', 'data.shuffle=false', setup=damaged(
+             lambda split: rewrite_rows(split, lambda rows: [r if i else r[:-1] for i, r in enumerate(rows)]))),
+         'holds 69 tokens, not the 70 of every row', 'Sample 0 (row 0 of shard shard.00000.mds.zstd)', 'python recipes/verify_data.py'),
+    Case('data-shard-undecompressable', "train/shard.00000.mds.zstd whose zstd frame header is damaged",
+         read_a_batch('data.local={tmp}/mds', setup=damaged(lambda split: flip_byte(split / 'shard.00000.mds.zstd', 0))),
+         'cannot be decompressed', 'shard.00000.mds.zstd', 'Check every shard with: python recipes/verify_data.py'),
+    Case('verify-damaged-split', 'recipes/verify_data.py on a split with a flipped byte', verify_cli(flipped_root, status=1),
+         'DAMAGED', 'shard.00000.mds.zstd: its xxh3_64 checksum is', 'reconvert the split: python recipes/convert_c4.py'),
+    Case('verify-no-split', 'recipes/verify_data.py on a folder without splits', verify_cli(lambda env: [str(env.tmp)], status=2),
+         'no converted split under', "'<tmp>'", 'Pass a split directory'),
+    Case('c4-overwrite-while-read', 'convert_c4.py --overwrite on a split that a running training process reads',
+         convert(overwrite_read_split, SplitInUseError),
+         'is being read by running process(es)', 'mds/train', 'Wait for them to finish'),
+    Case('data-split-being-replaced', 'training on a split that convert_c4.py --overwrite is replacing',
+         built('data.local={tmp}/mds', setup=lambda env: env.closers.append(hold_in_another_process(copy_split(env) / 'train', 'exclusive'))),
+         'is being replaced by a conversion', 'mds/train', 'Wait for the conversion to finish'),
+    Case('data-reused-local-cache', 'two jobs streaming one remote into the same data.local cache', reused_cache,
+         'already stream', "into the local cache '<tmp>/cache/val'", 'Give this run its own cache, e.g. data.local=<tmp>/cache-<run_name>'),
+    Case('data-shared-memory-clash', "two jobs registering Streaming's shared memory in the same instant", shared_memory_clash,
+         'File exists', "Could not open split 'train'", 'Run the same command again'),
 ]
 
 

@@ -37,7 +37,7 @@ def test_help_lists_the_cases(bench, capsys):
     with pytest.raises(SystemExit):
         bench.main(['--help'])
     text = capsys.readouterr().out
-    for name in ('generation', 'collator', 'dataloader', 'converter', 'model', 'scaling'):
+    for name in ('generation', 'collator', 'dataloader', 'converter', 'model', 'optimizer', 'scaling'):
         assert name in text
 
 
@@ -102,6 +102,23 @@ def test_scaling_case(bench, tmp_path):
     assert rows[2]['flops_per_step'] == 2 * rows[1]['flops_per_step']  # FLOPs are linear in the batch
     assert rows[3]['attention_share'] < rows[4]['attention_share']  # and the attention share grows with length
     assert rows[1]['s_per_flop_vs_first'] == 1.0 and rows[3]['s_per_flop_vs_first'] == 1.0
+
+
+@pytest.mark.slow
+def test_optimizer_case(bench, tmp_path):
+    import transformers
+
+    tiny = tmp_path / 'tiny'
+    transformers.T5Config(vocab_size=300, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2, num_decoder_layers=2,
+                          feed_forward_proj='gated-gelu', tie_word_embeddings=False, dropout_rate=0.0).save_pretrained(tiny)
+    rows = run_case(bench, tmp_path, '--only', 'optimizer', '--optimizer-model', str(tiny), '--optimizer-step-batch', '1')
+    assert [r['variant'] for r in rows] == ['nanot5', 'adamwscale', 'adamwscale+compile']
+    for r in rows:
+        assert r['step_ms'] > 0 and r['gb_per_s'] > 0 and 0 < r['share_of_step'] < 1 and r['forward_backward_s'] > 0
+        assert r['tensors'] == 52 and r['threads'] == 1 and r['interleaved']  # 2+2 layers of v1.1
+    assert rows[0]['speedup_vs_nanot5'] == 1.0 and rows[2]['compile_s'] is not None and rows[1]['compile_s'] is None
+    with pytest.raises(ValueError, match='unknown optimizer variant'):
+        run_case(bench, tmp_path, '--only', 'optimizer', '--optimizer-model', str(tiny), '--optimizer-variants', 'adam')
 
 
 def test_scaling_plan_rejects_an_unknown_sweep(bench, capsys):

@@ -76,6 +76,24 @@ def test_bad_variant_names_fail_before_building():
         model_case.run(_args(model_variants='sdpa+fast'))
 
 
+def test_compile_modes_and_the_fused_loss_imply_compiling():
+    assert model_case._parse_variant('sdpa+cudagraphs') == ('sdpa', {'cudagraphs', 'compile'})
+    assert model_case._parse_variant('hf+autotune') == ('hf', {'autotune', 'compile'})
+    assert model_case._parse_variant('sdpa+closs+opt') == ('sdpa', {'closs', 'compile', 'opt'})
+    assert model_case._parse_variant('sdpa+ckpt') == ('sdpa', {'ckpt'})
+
+
+@pytest.mark.slow
+def test_the_loss_compiled_with_the_model_gives_the_same_step(tmp_path, one_thread):
+    # +closs (GPU option: the fp32 cross-entropy inside the compiled function) compiles and computes
+    # the same loss; the compiled +opt step (clipping, flag, compiled adamwscale) runs too.
+    tiny_config('v1_1', vocab_size=512).save_pretrained(tmp_path)
+    rows = model_case.run(_args(model_name=str(tmp_path), model_batch=2, model_threads='1',
+                                model_variants='sdpa,sdpa+closs+opt'))
+    assert not [r for r in rows if 'error' in r], rows
+    assert rows[1]['first_loss'] == pytest.approx(rows[0]['first_loss'], rel=1e-5)
+
+
 def test_sdpa_kernel_check_on_cpu():
     """On CPU a biased call that needs the bias gradient runs the math path; the mask-free one flash."""
     report = model_case.sdpa_kernel_check('cpu', dtype=torch.float32, heads=2, length=32, d_kv=8)
@@ -96,6 +114,20 @@ def test_flex_correctness_check_on_cpu():
     report = model_case.flex_correctness_check('cpu', ('flex', 'flex_dense'))
     for diffs in report.values():
         assert diffs['logits_max_abs_diff'] < 1e-4 and diffs['grad_max_rel_diff'] < 1e-4 and diffs['table_grad_rel_diff'] < 1e-4
+
+
+def test_side_by_side_and_the_results_file_name():
+    bare = {'variant': 'sdpa+compile+opt', 'step_s': 0.2, 'tokens_per_s': 400_000.0, 'mfu': 0.4}
+    rows = train_loop.side_by_side(bare, 0.25)
+    assert [r['what'] for r in rows] == ['bare step (sdpa+compile+opt)', 'Composer loop']
+    assert rows[1]['tokens_per_s'] == pytest.approx(320_000.0) and rows[1]['mfu'] == pytest.approx(0.32)
+    assert train_loop.results_name('NVIDIA H200', '2026-12-04') == 'h200-2026-12-04.json'
+    assert train_loop.results_name('NVIDIA H100 80GB HBM3', '2026-12-04') == 'h100-80gb-hbm3-2026-12-04.json'
+    # The windows that hold a probed batch (sync debug, profiler) are left out of the loop's s/step.
+    log = '\n'.join(f'[train] Step {n} out of 60 | Loss --> 1.0 | Seconds_per_step --> {s} |'
+                    for n, s in ((10, 9.0), (20, 0.2), (30, 0.3), (40, 0.5), (50, 0.21), (60, 0.22)))
+    assert train_loop.loop_report(log, bare_step_s=0.2, probed=((21, 29), (31, 39)))['loop_step_s'] == 0.21
+    assert train_loop.loop_report(log, bare_step_s=0.2)['loop_step_s'] == 0.22
 
 
 def test_loop_report_parses_windows_and_bare_step(tmp_path):
@@ -144,7 +176,8 @@ def test_gpu_check_loop_part_runs_on_cpu(tmp_path, tokenizer_dir):
     """Part 3 of bench/gpu_check.sh (synthetic data, Composer launcher, report) at tiny size on CPU."""
     env = dict(os.environ)
     env.update(
-        SKIP_MODEL='1', LOOP_STEPS='12', LOOP_INPUT_LENGTH='64', LOOP_TOKENIZER=str(tokenizer_dir),
+        SKIP_MODEL='1', SKIP_OPT='1', LOOP_STEPS='16', LOOP_INPUT_LENGTH='64', LOOP_TOKENIZER=str(tokenizer_dir),
+        LOOP_PROBE='sync_start=5 sync_steps=2 profile_start=9 profile_steps=2', RESULTS_DIR=str(tmp_path / 'results'),
         LOOP_OVERRIDES=('precision=fp32 compile=false global_train_batch_size=8 device_train_microbatch_size=8 data.num_workers=1 '
                         'model.d_model=32 model.d_kv=8 model.d_ff=64 model.num_heads=4 model.num_layers=2 '
                         'model.num_decoder_layers=2 callbacks.nanot5_log.interval=4 callbacks.speed_monitor.window_size=4'),
@@ -157,6 +190,16 @@ def test_gpu_check_loop_part_runs_on_cpu(tmp_path, tokenizer_dir):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert '(installed)' in proc.stdout  # nothing installed on a development machine
     loop_log = (out / 'loop.log').read_text()
-    assert len(train_loop.parse_step_lines(loop_log)) == 3, loop_log[-3000:]
+    assert len(train_loop.parse_step_lines(loop_log)) == 4, loop_log[-3000:]
     report = (out / 'loop_report.md').read_text()
-    assert 'Composer loop (median of windows after the first 1)' in report and 'not measured' in report
+    assert 'Composer loop (median of windows after the first 1 and those the probe watched) | ' in report and 'not measured' in report
+    # The loop probe ran in the training process (no sync debug mode without CUDA; a CPU profile),
+    # and the report's JSON landed in RESULTS_DIR and in OUT.
+    probe = json.loads((out / 'loop_probe.json').read_text())
+    assert probe['sync_debug'] == {'available': False, 'batches': [5, 7]}
+    assert probe['profile']['batches'] == [9, 11] and probe['profile']['wall_s_per_batch'] > 0 and probe['profile']['top']
+    (result,) = (tmp_path / 'results').iterdir()
+    assert result.name.startswith('cpu-') and (out / result.name).is_file()
+    saved = json.loads(result.read_text())
+    assert saved['loop_probe'] == probe and saved['side_by_side'][0]['what'] == 'Composer loop'
+    assert 'sync debug mode: not available here' in report and 'loop profile (batches [9, 11])' in report

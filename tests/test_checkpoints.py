@@ -154,9 +154,13 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeyp
 
     monkeypatch.setattr(torch, 'save', flaky_save)
     trainer = build_trainer(cfg)
-    with pytest.raises(OSError, match='No space left'):
+    with pytest.raises(OSError, match='No space left') as info:
         trainer.fit()
     trainer.close()
+    # The message names the file, the space it needs and what to do.
+    message = str(info.value)
+    assert f'Could not save the checkpoint {folder / "ep0-ba6-rank0.pt"}' in message
+    assert 'It needs about' in message and 'free there' in message and 'run the same command again to resume' in message
     monkeypatch.setattr(torch, 'save', real_save)
     assert sorted(os.listdir(folder)) == ['ep0-ba2-rank0.pt', 'ep0-ba4-rank0.pt', 'latest-rank0.pt', 'metrics.jsonl']
     assert os.path.realpath(folder / 'latest-rank0.pt').endswith('ep0-ba4-rank0.pt')

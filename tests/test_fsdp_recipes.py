@@ -104,11 +104,15 @@ def test_fsdp_units_give_the_gradients_and_adamwscale_step_of_the_unwrapped_mode
         assert 'error' not in r, r
         assert r['compared'] == r['parameters']
         assert r['max_grad_diff'] < 1e-5, r
-        # The step of 1e-2 x RMS per weight matches when the RMS is the whole tensor's, not when a shard's.
+        # The step of 1e-2 x RMS per weight matches when the RMS is the whole tensor's, not when a
+        # shard's; the compiled step on shards too; a flagged step moves nothing.
         assert r['max_step_diff_sharded_rms'] < 1e-6 < 1e-4 < r['max_step_diff_shard_local_rms'], r
-        # nanot5_log's Grad_l2 / Weights_l2 over shards: the whole model's, not this rank's part.
+        assert r['max_step_diff_sharded_rms_compiled'] < 1e-6 and r['max_change_flagged_step'] == 0.0, r
+        # The step's gradient norm (clipping, the guard, nanot5_log's Grad_l2) and Weights_l2 over
+        # shards: the whole model's, not this rank's part; clipping with it is FSDP's clip_grad_norm_.
         assert r['copies'] == 1 and r['grad_l2_diff'] < 1e-4 and r['weights_l2_diff'] < 1e-3, r
         assert r['grad_l2_local_diff'] > 1e-2, r
+        assert r['clipped'] and r['clip_norm_diff'] < 1e-5 and r['clip_grad_diff'] < 1e-9, r  # norm ~10: float rounding
         assert r['fsdp_units'] == 5 and r['checkpointed'] == 6  # root + blocks 1-2 of each stack; all 6 blocks
 
 

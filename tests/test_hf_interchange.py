@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -274,7 +275,7 @@ def test_export_errors_and_overrides(trained_run, tok_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match='missing.pt does not exist'):
         export_composer_checkpoint(tmp_path / 'missing.pt', tmp_path / 'x')
     (tmp_path / 'junk.pt').write_text('not a checkpoint')
-    with pytest.raises(ValueError, match='not a Composer checkpoint'):
+    with pytest.raises(ValueError, match='cannot be loaded: it is truncated or not a torch checkpoint'):
         export_composer_checkpoint(tmp_path / 'junk.pt', tmp_path / 'x')
     torch.save({'shared.weight': torch.zeros(2)}, tmp_path / 'weights.pt')
     with pytest.raises(ValueError, match=r"not a Composer checkpoint.*state\['model'\]"):
@@ -298,11 +299,13 @@ def test_hf_export_callback_leaves_loadable_dirs(trained_run):
 def test_hf_export_options():
     from t5composer.components import build_components
 
-    (cb,) = build_components('callbacks', {'hf_export': {'interval': 500}})
+    (cb,) = build_components('callbacks', {'hf_export': {'interval': '500ba'}})
     assert isinstance(cb, HFExport) and cb.interval == 500 and cb.folder == '{save_folder}/hf'
     assert HFExport(interval='3ba').interval == 3
-    with pytest.raises(ValueError, match='number of batches'):
+    with pytest.raises(ValueError, match=r'in one of the units ba \(batches\)'):
         HFExport(interval='1ep')
+    with pytest.raises(ValueError, match='without a unit.*500ba'):  # the one duration rule: bare numbers are refused
+        HFExport(interval=500)
     with pytest.raises(ValueError, match='local path'):
         HFExport(folder='s3://bucket/hf')
 
@@ -333,3 +336,59 @@ def test_hf_export_needs_save_folder_or_folder(tok_dir, tmp_path):
     assert not (tmp_path / 'r1' / 'final' / 'spiece.model').exists()
     assert isinstance(model, ComposerT5)
     assert (hf_logits(load_hf(tmp_path / 'r1' / 'final')) - our_logits(model.model)).abs().max().item() <= 1e-5
+
+
+def test_export_refuses_a_corrupt_checkpoint_and_names_the_intact_one(trained_run, tmp_path):
+    """A flipped byte inside the weights loads without a word in torch.load; export refuses it (zip CRCs)."""
+    save_folder, _ = trained_run
+    folder = tmp_path / 'run'
+    folder.mkdir()
+    good, bad = folder / 'ep0-ba2-rank0.pt', folder / 'ep0-ba4-rank0.pt'
+    shutil.copy(os.path.realpath(save_folder / 'latest-rank0.pt'), good)
+    data = bytearray(good.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside a tensor's bytes: the pickle still loads
+    bad.write_bytes(bytes(data))
+    torch.load(bad, map_location='cpu', weights_only=False)  # what made the export silent before
+    with pytest.raises(ValueError, match='it is corrupt') as info:
+        export_composer_checkpoint(bad, tmp_path / 'hf')
+    assert f'python recipes/export_hf.py {good} {tmp_path / "hf"}' in str(info.value)
+    assert not (tmp_path / 'hf').exists()
+
+
+def test_export_never_writes_among_other_files(trained_run, tmp_path):
+    """A non-empty out_dir is refused without overwrite; with it, an earlier export is replaced whole,
+    and a folder holding anything else is never replaced."""
+    save_folder, model = trained_run
+    out = tmp_path / 'hf'
+    export_composer_checkpoint(save_folder, out)
+    (out / 'model.safetensors').write_bytes(b'stale')
+    with pytest.raises(FileExistsError, match='is not empty .*pass --overwrite'):
+        export_composer_checkpoint(save_folder, out)
+    assert (out / 'model.safetensors').read_bytes() == b'stale'  # untouched
+    export_composer_checkpoint(save_folder, out, overwrite=True)
+    assert (hf_logits(load_hf(out)) - our_logits(model.model)).abs().max().item() <= 1e-5
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith('.')]  # no temporary left beside it
+
+    mixed = tmp_path / 'mixed'
+    mixed.mkdir()
+    (mixed / 'notes.txt').write_text('mine')
+    with pytest.raises(FileExistsError, match=r'holds files that are not part of a Hugging Face model \(notes.txt\)'):
+        export_composer_checkpoint(save_folder, mixed, overwrite=True)
+    assert sorted(p.name for p in mixed.iterdir()) == ['notes.txt']
+    (tmp_path / 'file').write_text('x')
+    with pytest.raises(FileExistsError, match='is not a directory'):
+        export_composer_checkpoint(save_folder, tmp_path / 'file')
+
+
+def test_export_cli_overwrite_flag(trained_run, tmp_path):
+    save_folder, _ = trained_run
+    out = tmp_path / 'hf'
+    out.mkdir()
+    (out / 'config.json').write_text('{}')
+    refused = subprocess.run([sys.executable, str(REPO / 'recipes' / 'export_hf.py'), str(save_folder), str(out)],
+                             capture_output=True, text=True, cwd=REPO)
+    assert refused.returncode == 1 and 'pass --overwrite' in refused.stderr and 'Traceback' not in refused.stderr
+    done = subprocess.run([sys.executable, str(REPO / 'recipes' / 'export_hf.py'), str(save_folder), str(out), '--overwrite'],
+                          capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert (out / 'model.safetensors').is_file()

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,6 +59,30 @@ def test_cleaning_spares_segments_a_live_process_maps(tmp_path):
     finally:
         live.close()
         live.unlink()
+
+
+def test_an_old_mapping_of_an_unlinked_segment_is_not_a_live_one(tmp_path):
+    """A forked process (a dataloader worker) keeps its parent's mapping of a segment the parent
+    has since unlinked; a new segment of the same name, left by a killed run, is still stale."""
+    from multiprocessing import shared_memory
+
+    old = shared_memory.SharedMemory(name='999997_locals', create=True, size=64)
+    child = os.fork()
+    if child == 0:  # maps the old segment until it is killed
+        time.sleep(60)
+        os._exit(0)
+    try:
+        old.close()
+        old.unlink()
+        left = shared_memory.SharedMemory(name='999997_locals', create=True, size=64)  # a killed run's
+        left.close()
+        removed_shm, _ = clean_stale_streaming_state(str(tmp_path))
+        assert '999997_locals' in removed_shm
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        if os.path.exists('/dev/shm/999997_locals'):
+            os.unlink('/dev/shm/999997_locals')
 
 
 @pytest.mark.slow

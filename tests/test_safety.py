@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from t5composer.config.loading import redact, scrub, secret_values
+from t5composer.redaction import redact, scrub, secret_values
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,6 +62,47 @@ def test_secrets_appear_in_no_output_and_no_file(tmp_path):
     for secret in (env_secret, config_secret, url_secret, 'w' * 40):
         assert secret not in everything, secret
         assert not any(secret.encode() in blob for blob in blobs), secret
+
+
+RAISING_RUN = (
+    'import sys\n'
+    'from t5composer.cli import train_main\n'
+    'from composer.core import Callback\n'
+    'class Raise(Callback):\n'
+    '    def fit_start(self, state, logger):\n'
+    '        raise {error}\n'
+    'sys.exit(train_main(sys.argv[1:], extra_callbacks=(Raise(),)))\n'
+)
+TINY_RUN = ['yamls/demo.yaml', 'max_duration=2ba', 'scheduler.t_warmup=1ba', 'eval_first=false', 'model.d_model=32', 'model.d_kv=8', 'model.d_ff=64',
+            'data.num_workers=0', '~callbacks', 'progress_bar=false', 'log_to_console=false']
+
+
+@pytest.mark.slow
+def test_a_traceback_that_reaches_the_console_is_scrubbed(tmp_path):
+    """A bug's traceback still prints (it is not a user error), but a secret interpolated into a path
+    with ${oc.env:...} (here the save folder, quoted by the failing code) is scrubbed from it."""
+    secret = 'sk-live-0123456789abcdef'
+    env = dict(os.environ, MY_API_KEY=secret, OMP_NUM_THREADS='1', PYTHONPATH=str(REPO))
+    # The failing code quotes the folder it was given, whose name holds the secret.
+    script = RAISING_RUN.format(error='RuntimeError("cannot sync to " + __import__("os").environ["T5C_FOLDER"])')
+    folder = f'{tmp_path}/runs/' + '${oc.env:MY_API_KEY}'
+    env['T5C_FOLDER'] = str(tmp_path / 'runs' / secret)
+    out = subprocess.run([sys.executable, '-c', script, *TINY_RUN, f'save_folder={folder}'], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and 'Traceback' in out.stderr and 'RuntimeError: cannot sync' in out.stderr, out.stderr[-3000:]
+    assert f'{tmp_path}/runs/****' in out.stderr
+    assert secret not in out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_an_os_error_on_a_users_path_is_explained_not_traced(tmp_path):
+    """A path fault during the run (a lost mount, permissions) ends with the path and what to do, exit status 1."""
+    script = RAISING_RUN.format(error=f'PermissionError(13, "Permission denied", "{tmp_path}/shared/metrics")')
+    out = subprocess.run([sys.executable, '-c', script, *TINY_RUN, f'save_folder={tmp_path}/run'], cwd=REPO,
+                         env=dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert f"error: '{tmp_path}/shared/metrics': Permission denied; check its permissions, or choose a location you can write to." in out.stderr
+    assert 'Traceback' not in out.stderr
 
 
 def test_hf_weights_only_from_safetensors(tmp_path):

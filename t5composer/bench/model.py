@@ -10,8 +10,12 @@ batch 128, bf16 autocast (as Composer's ``amp_bf16``).
 Variants (``--model-variants``, comma-separated): ``hf`` (transformers) or one of our attention
 implementations ``sdpa``, ``flex``, ``flex_dense`` (see ``T5ForConditionalGeneration.set_attn_impl``),
 each optionally followed by flags: ``+compile`` (``torch.compile`` of the module), ``+ckpt``
-(activation checkpointing of every block), ``+opt`` (the whole bare training step: also gradient
-clipping at norm 1.0 and an adamwscale step, what Composer's loop adds its overhead to). On CPU
+(activation checkpointing of every block), ``+autotune`` / ``+cudagraphs`` (compile with
+``mode='max-autotune-no-cudagraphs'`` / ``'reduce-overhead'``: CUDA graphs, the shapes being
+static), ``+closs`` (compile the fp32 cross-entropy together with the model, where Composer
+compiles the model's forward only), ``+opt`` (the whole bare training step: also gradient
+clipping at norm 1.0 and an adamwscale step taking the non-finite flag, as the loop runs them,
+compiled with ``+compile``: what Composer's loop adds its overhead to). On CPU
 every variant runs for each thread count of ``--model-threads``, and the variants' steps are
 interleaved (a changing load hits them alike); on CUDA each variant runs in turn. Under
 transformers 5, which ties the lm_head of every freshly built T5, the transformers model's lm_head
@@ -228,14 +232,23 @@ def _flex_diffs(model_cls: Any, config: Any, device: str, impls: tuple[str, ...]
     return report
 
 
+# Variant flags; those of the second line imply 'compile'.
+FLAGS = ('compile', 'ckpt', 'opt',
+         'autotune', 'cudagraphs', 'closs')
+COMPILE_FLAGS = {'autotune', 'cudagraphs', 'closs'}
+
+
 def _parse_variant(spec: str) -> tuple[str, set[str]]:
     impl, *flags = spec.strip().split('+')
     if impl not in ('hf', 'sdpa', 'flex', 'flex_dense'):
         raise ValueError(f"unknown model variant {spec!r}: start with hf, sdpa, flex or flex_dense")
-    unknown = set(flags) - {'compile', 'ckpt', 'opt'}
+    unknown = set(flags) - set(FLAGS)
     if unknown:
-        raise ValueError(f'unknown flags {sorted(unknown)} in model variant {spec!r} (compile, ckpt, opt)')
-    return impl, set(flags)
+        raise ValueError(f'unknown flags {sorted(unknown)} in model variant {spec!r} ({", ".join(FLAGS)})')
+    flags = set(flags)
+    if flags & COMPILE_FLAGS:
+        flags.add('compile')  # a compile mode, or the loss in the compiled function, means compiling
+    return impl, flags
 
 
 def make_batch(vocab_size: int, *, batch: int, device: str, seed: int = 0, encoder_length: int = ENCODER_LENGTH,
@@ -298,32 +311,45 @@ def build_variant(
             model.set_attn_impl(impl)
             model.set_gradient_checkpointing('ckpt' in flags)
 
-    forward = torch.compile(model) if 'compile' in flags else model
+    mode = 'max-autotune-no-cudagraphs' if 'autotune' in flags else 'reduce-overhead' if 'cudagraphs' in flags else None
+
+    def forward_loss(input_ids: torch.Tensor, decoder_input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if hf:
+            logits = compiled_model(input_ids=input_ids, decoder_input_ids=decoder_input_ids).logits
+        else:
+            logits = compiled_model(input_ids, decoder_input_ids=decoder_input_ids)
+        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+
+    # +closs compiles the fp32 cross-entropy with the model (Composer compiles only the model's forward).
+    compiled_model = torch.compile(model, mode=mode) if 'compile' in flags and 'closs' not in flags else model
+    if 'closs' in flags:
+        forward_loss = torch.compile(forward_loss, mode=mode)
     optimizer = None
     if 'opt' in flags:
         from t5composer.optim import build_optimizer
 
-        optimizer = build_optimizer(model, name='adamwscale', lr=2e-2)  # pt_base's optimizer
+        # pt_base's optimizer, compiled with the model as compile: true does.
+        optimizer = build_optimizer(model, name='adamwscale', lr=2e-2, compile_step='compile' in flags)
     params = [p for p in model.parameters() if p.requires_grad]
     n = batch['input_ids'].shape[0]
     chunks = [{k: v[i:i + microbatch] for k, v in batch.items()} for i in range(0, n, microbatch)]
     autocast = dtype != torch.float32
 
     def step() -> float:
+        if 'cudagraphs' in flags:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs may be overwritten now
         for p in params:
             p.grad = None
         total = torch.zeros((), device=device)
         for mb in chunks:
             with torch.autocast(device, dtype=dtype, enabled=autocast):
-                if hf:
-                    logits = forward(input_ids=mb['input_ids'], decoder_input_ids=mb['decoder_input_ids']).logits
-                else:
-                    logits = forward(mb['input_ids'], decoder_input_ids=mb['decoder_input_ids'])
-                loss = F.cross_entropy(logits.float().flatten(0, 1), mb['labels'].flatten())
+                loss = forward_loss(mb['input_ids'], mb['decoder_input_ids'], mb['labels'])
             (loss * (mb['input_ids'].shape[0] / n)).backward()
             total += loss.detach()
-        if optimizer is not None:
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+        if optimizer is not None:  # as the loop does it: one norm for clipping and the non-finite flag
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            torch.nn.utils.clip_grads_with_norm_(params, 1.0, norm)
+            optimizer.skip_next_step_if(~torch.isfinite(norm))
             optimizer.step()
         return float(total) / len(chunks)  # a host sync: the step has finished
 

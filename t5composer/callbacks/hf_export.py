@@ -18,22 +18,24 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from composer.core import Callback, State, Time, TimeUnit
+from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist, format_name_with_dist
+
+from t5composer.durations import DurationError, parse_duration
 
 __all__ = ['HFExport']
 
 log = logging.getLogger(__name__)
 
 
-def _interval_batches(interval: str | int | None) -> int | None:
+def _interval_batches(interval: str | None) -> int | None:
     if interval is None:
         return None
-    t = Time.from_timestring(interval) if isinstance(interval, str) else Time(int(interval), TimeUnit.BATCH)
-    if t.unit != TimeUnit.BATCH or t.value <= 0:
-        raise ValueError(f"hf_export.interval must be a positive number of batches (e.g. 1000 or '1000ba'), got {interval!r}.")
-    return t.value
+    try:
+        return int(parse_duration(interval, key='callbacks.hf_export.interval', units=('ba',)).value)
+    except DurationError as e:
+        raise ValueError(str(e)) from None
 
 
 class HFExport(Callback):
@@ -45,11 +47,11 @@ class HFExport(Callback):
     Args:
         folder: where exports go. ``{save_folder}`` is the Trainer's save folder (of its
             checkpoint saver) and ``{run_name}`` the run name. Local paths only.
-        interval: also export every this many batches (an int or ``'<n>ba'``) into
+        interval: also export every this many batches (``'<n>ba'``) into
             ``{folder}/ba<batch>``. None: only at the end of fit, into ``{folder}/final``.
     """
 
-    def __init__(self, *, folder: str = '{save_folder}/hf', interval: str | int | None = None) -> None:
+    def __init__(self, *, folder: str = '{save_folder}/hf', interval: str | None = None) -> None:
         if '://' in folder:
             raise ValueError(f'hf_export.folder must be a local path, got {folder!r}.')
         self.folder = folder
@@ -109,6 +111,7 @@ class HFExport(Callback):
             tokenizer = (meta.tokenizer_files or None) if meta is not None else None
             if meta is None:
                 log.warning('hf_export: no ModelMetadata callback in the Trainer; exporting without tokenizer files.')
-            write_hf_dir(state_dict=strip_wrapper_prefixes(weights), config=config, out_dir=out_dir, tokenizer=tokenizer)
+            write_hf_dir(state_dict=strip_wrapper_prefixes(weights), config=config, out_dir=out_dir, tokenizer=tokenizer,
+                         overwrite=True)  # a resumed run exports again; replaced whole, as one directory
             log.info('hf_export: wrote %s', out_dir)
         dist.barrier()  # later readers on other ranks see a complete directory

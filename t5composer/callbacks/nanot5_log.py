@@ -3,10 +3,12 @@
 ``[train] Step 100 out of 65536 | Loss --> 59.881 | Grad_l2 --> 61.126 | Weights_l2 --> 7042.931 | Lr --> 0.010 | Seconds_per_step --> 1.385 |``
 
 Loss, gradient norm and seconds per step are averages over the window since the last line;
-the gradient norm is taken before clipping (like the reference), weights norm and lr at the
-moment of printing. Under FSDP each process holds shards of the weights and gradients, so the
-norms sum the shards' squares across processes (divided by the number of copies each element
-has: 1 for FULL_SHARD, the replica count for HYBRID_SHARD).
+the gradient norm is the step's norm before clipping (like the reference; the one clipping and
+the non-finite guard use, :func:`t5composer.optim.grad_norm.step_grad_norm`), weights norm and lr
+at the moment of printing. The sums stay on the device between lines: the host reads them once
+per line. Under FSDP each process holds shards of the weights and gradients, so the norms sum
+the shards' squares across processes (divided by the number of copies each element has: 1 for
+FULL_SHARD, the replica count for HYBRID_SHARD).
 """
 
 from __future__ import annotations
@@ -16,40 +18,13 @@ import time
 from typing import Optional, TextIO
 
 import torch
-import torch.distributed
 from composer.core import Callback, Event, State, Time, TimeUnit
 from composer.loggers import Logger
 from composer.utils import dist
 
+from t5composer.optim.grad_norm import fsdp_copies, global_l2, step_grad_norm
+
 __all__ = ['NanoT5Log']
-
-
-def global_l2(tensors: list[torch.Tensor], *, copies: Optional[int] = None, device: Optional[torch.device] = None) -> torch.Tensor:
-    """L2 norm of all ``tensors`` together.
-
-    Args:
-        tensors: this process's tensors.
-        copies: None when the tensors are whole (the norm is local); else the tensors are shards
-            (FSDP): the squares are summed over every process (a collective) and divided by how
-            many processes hold each element.
-        device: where the sum is kept when this process holds no tensor (a collective still needs one).
-    """
-    squares = torch.stack([n.float().square() for n in torch._foreach_norm(tensors, 2.0)]).sum() if tensors \
-        else torch.zeros((), device=device)
-    if copies is not None:
-        torch.distributed.all_reduce(squares)
-        squares = squares / copies
-    return squares.sqrt()
-
-
-def fsdp_copies(model: torch.nn.Module) -> Optional[int]:
-    """How many processes hold each element of an FSDP-sharded ``model``; None without FSDP."""
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-    unit = next((m for m in model.modules() if isinstance(m, FSDP)), None)
-    if unit is None:
-        return None
-    return max(1, torch.distributed.get_world_size() // unit.process_group.size())
 
 
 class NanoT5Log(Callback):
@@ -71,21 +46,18 @@ class NanoT5Log(Callback):
 
     def _reset(self) -> None:
         self._loss_sum: Optional[torch.Tensor] = None
-        self._grad_sum = 0.0
+        self._grad_sum: Optional[torch.Tensor] = None
         self._steps = 0
         self._window_start = time.perf_counter()
-        self._last_grad_norm: Optional[torch.Tensor] = None
 
     def run_event(self, event: Event, state: State, logger: Logger) -> None:
         if event == Event.FIT_START:
             self._reset()
             self._copies = fsdp_copies(state.model)
             self._device = next(state.model.parameters()).device
-        elif event == Event.AFTER_BACKWARD:
-            # Gradients accumulate over microbatches, so the last value of a batch is the full
-            # gradient; GradientClipping runs later (AFTER_TRAIN_BATCH), so this is pre-clip.
-            grads = [p.grad for p in state.model.parameters() if p.grad is not None]
-            self._last_grad_norm = global_l2(grads, copies=self._copies, device=self._device)
+        elif event == Event.AFTER_TRAIN_BATCH:
+            norm = step_grad_norm(state)  # before clipping, whichever of them asked first
+            self._grad_sum = norm if self._grad_sum is None else self._grad_sum + norm
         elif event == Event.BATCH_END:
             self._on_batch_end(state, logger)
 
@@ -97,19 +69,20 @@ class NanoT5Log(Callback):
             loss = sum(loss)
         loss = loss.detach().float()
         self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
-        if self._last_grad_norm is not None:
-            self._grad_sum += float(self._last_grad_norm)
         self._steps += 1
         step = int(state.timestamp.batch)
         if step % self.interval != 0:
             return
-        seconds = (time.perf_counter() - self._window_start) / self._steps
         weights = global_l2([p.detach() for p in state.model.parameters()], copies=self._copies, device=self._device)
+        grad_sum = self._grad_sum if self._grad_sum is not None else torch.full_like(weights, float('nan'))
+        # The line's one wait for the device (it also makes Seconds_per_step cover the window's work).
+        loss_sum, grad_sum, weights = torch.stack([self._loss_sum.reshape(()).to(weights), grad_sum.to(weights), weights]).tolist()
+        seconds = (time.perf_counter() - self._window_start) / self._steps
         lr = state.optimizers[0].param_groups[0]['lr'] if state.optimizers else float('nan')
         stats = {
-            'Loss': float(self._loss_sum) / self._steps,
-            'Grad_l2': self._grad_sum / self._steps,
-            'Weights_l2': float(weights),
+            'Loss': loss_sum / self._steps,
+            'Grad_l2': grad_sum / self._steps,
+            'Weights_l2': weights,
             'Lr': lr,
             'Seconds_per_step': seconds,
         }

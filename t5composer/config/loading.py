@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,8 +18,10 @@ from omegaconf.errors import InterpolationKeyError, OmegaConfBaseException
 
 from t5composer.config.schema import DataConfig, TrainConfig
 from t5composer.config.validation import ConfigError, closest, from_dict
+from t5composer.durations import batches_of, duration_problems, parse_duration
+from t5composer.redaction import redact, scrub, secret_values  # noqa: F401  (re-exported: the config's public API)
 
-__all__ = ['cache_dir', 'load_config', 'config_from_dict', 'value_problems', 'redact', 'scrub', 'secret_values']
+__all__ = ['SCHEDULE_UNITS', 'cache_dir', 'load_config', 'config_from_dict', 'value_problems', 'redact', 'scrub', 'secret_values']
 
 
 def cache_dir() -> str:
@@ -129,42 +130,28 @@ def _resolve(yaml_path: str | None, overrides: Sequence[str] = (), base: dict | 
         raise ConfigError([f"Could not read the config: {' '.join(str(e).split())}. Fix the key named above in the YAML or the overrides."]) from e
 
 
-_DURATION = re.compile(r'^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ba|ep|sp|tok|dur)\s*$')
-
-
-def _time_problems(value: Any, key: str, units: tuple[str, ...]) -> list[str]:
-    # Parsed here rather than with composer.core.Time so that config errors come back in a
-    # second, before Composer (3 s of imports) is loaded.
-    if isinstance(value, int):
-        return [] if value > 0 else [f"'{key}' must be positive, got {value}."]
-    match = _DURATION.match(str(value))
-    if match is None:
-        return [f"'{key}' must be a duration like '1000ba' or '1ep' (units {', '.join(units)}), got {value!r}."]
-    problems = []
-    if match.group(2) not in units:
-        problems.append(f"'{key}' must be in one of the units {', '.join(units)}, got {value!r}.")
-    if float(match.group(1)) <= 0:
-        problems.append(f"'{key}' must be positive, got {value!r}.")
-    return problems
-
-
-def _batches(value: Any) -> float | None:
-    if isinstance(value, int):
-        return float(value)
-    match = _DURATION.match(str(value))
-    return float(match.group(1)) if match and match.group(2) == 'ba' else None
+# Units a schedule's t_warmup / t_max may use (epochs and fractions of the run are converted to steps).
+SCHEDULE_UNITS = ('ba', 'ep', 'dur')
 
 
 def _warmup_problems(cfg: TrainConfig) -> list[str]:
     # Caught here rather than by the schedule at its first step, mid-way into a started run.
     kwargs = cfg.scheduler.kwargs
+    p: list[str] = []
+    if 't_max' in kwargs:
+        p += duration_problems(kwargs['t_max'], key='scheduler.t_max', units=SCHEDULE_UNITS)
     if 't_warmup' not in kwargs:
-        return []
-    warmup = _batches(kwargs['t_warmup'])
+        return p
+    p += duration_problems(kwargs['t_warmup'], key='scheduler.t_warmup', units=SCHEDULE_UNITS, allow_zero=True)
+    if p:
+        return p
+    warmup = parse_duration(kwargs['t_warmup'], key='scheduler.t_warmup', units=SCHEDULE_UNITS, allow_zero=True)
+    if warmup.unit == 'dur' and warmup.value >= 1:
+        return [f"'scheduler.t_warmup' ({kwargs['t_warmup']}) must be shorter than the run (below 1dur); lower t_warmup."]
     total_key = 'scheduler.t_max' if kwargs.get('t_max') is not None else 'max_duration'
-    total = _batches(kwargs['t_max'] if total_key == 'scheduler.t_max' else cfg.max_duration)
-    if warmup is not None and total is not None and warmup >= total:
-        return [f"'scheduler.t_warmup' ({kwargs['t_warmup']}) must be shorter than '{total_key}' ({total:g}ba); lower t_warmup or train longer."]
+    total = batches_of(kwargs['t_max'] if total_key == 'scheduler.t_max' else cfg.max_duration)
+    if warmup.unit == 'ba' and total is not None and warmup.value >= total:
+        return [f"'scheduler.t_warmup' ({kwargs['t_warmup']}) must be shorter than '{total_key}' ({total}ba); lower t_warmup or train longer."]
     return []
 
 
@@ -243,15 +230,17 @@ _POSITIVE_MODEL_KEYS = (
 def _range_problems(cfg: TrainConfig) -> list[str]:
     """Values of the right type that Composer, streaming or torch would reject later, mid-build."""
     p: list[str] = []
-    if cfg.run_name is not None and ('/' in cfg.run_name or '\\' in cfg.run_name or not cfg.run_name.strip()):
-        p.append(f"'run_name' {cfg.run_name!r} names files and folders, so it must be non-empty and have no '/' or '\\'; "
-                 "use e.g. run_name=pt_base-lr2e-2.")
+    name = cfg.run_name
+    if name is not None and (any(c in name for c in '/\\\0\n\r') or name.strip() in ('', '.', '..')):
+        # It becomes a folder name (save_folder: runs/${run_name}); '..' would put the run outside its tree.
+        p.append(f"'run_name' {name!r} names files and folders, so it must be non-empty, not '.' or '..', and have no '/', "
+                 "'\\' or line breaks; use e.g. run_name=pt_base-lr2e-2.")
     if not math.isfinite(cfg.optimizer.lr) or not math.isfinite(cfg.optimizer.weight_decay):
         p.append(f"'optimizer.lr' and 'optimizer.weight_decay' must be finite numbers, got lr={cfg.optimizer.lr}, "
                  f'weight_decay={cfg.optimizer.weight_decay}; set e.g. optimizer.lr=0.01.')
     if cfg.eval_subset_num_batches == 0 or cfg.eval_subset_num_batches < -1:
         p.append(f"'eval_subset_num_batches' must be -1 (the whole eval split) or positive, got {cfg.eval_subset_num_batches}.")
-    p += _time_problems(cfg.console_log_interval, 'console_log_interval', ('ba', 'ep'))
+    p += duration_problems(cfg.console_log_interval, key='console_log_interval', units=('ba', 'ep'))
     if cfg.python_log_level is not None and cfg.python_log_level.lower() not in _LOG_LEVELS:
         p.append(f"'python_log_level' must be one of {', '.join(_LOG_LEVELS)} or null, got {cfg.python_log_level!r}."
                  f"{closest(cfg.python_log_level.lower(), _LOG_LEVELS)}")
@@ -285,9 +274,14 @@ def _range_problems(cfg: TrainConfig) -> list[str]:
 def value_problems(cfg: TrainConfig) -> list[str]:
     """Problems with values that have the right type but cannot work together."""
     p: list[str] = []
-    p += _time_problems(cfg.max_duration, 'max_duration', ('ba', 'ep', 'sp', 'tok'))
-    p += _time_problems(cfg.eval_interval, 'eval_interval', ('ba', 'ep'))
-    p += _time_problems(cfg.save_interval, 'save_interval', ('ba', 'ep'))
+    p += duration_problems(cfg.max_duration, key='max_duration', units=('ba', 'ep', 'sp', 'tok'))
+    p += duration_problems(cfg.eval_interval, key='eval_interval', units=('ba', 'ep'))
+    p += duration_problems(cfg.save_interval, key='save_interval', units=('ba', 'ep'))
+    for key in ('seed', 'data.shuffle_seed'):
+        seed = cfg.seed if key == 'seed' else getattr(cfg.data, 'shuffle_seed', None)
+        if seed is not None and not 0 <= seed < 2**32:
+            # Composer seeds numpy, which takes 0 <= seed < 2**32; a traceback from inside its seeding otherwise.
+            p.append(f"'{key}' must be between 0 and 4294967295 (2**32 - 1), got {seed}; e.g. {key}=2137.")
     if cfg.global_train_batch_size <= 0:
         p.append(f"'global_train_batch_size' must be positive, got {cfg.global_train_batch_size}.")
     mb = cfg.device_train_microbatch_size
@@ -333,48 +327,3 @@ def load_config(yaml_path: str | None, overrides: Sequence[str] = (), *, base: d
         base: a mapping merged underneath the file (used by tests).
     """
     return config_from_dict(_resolve(yaml_path, overrides, base))
-
-
-_SECRET_WORDS = {'key', 'token', 'secret', 'password', 'passwd', 'credential', 'credentials', 'apikey'}
-
-
-def _is_secret(key: Any) -> bool:
-    # Whole words only: 'api_key' and 'hf_token' are secrets, 'tokenizer' is not.
-    return isinstance(key, str) and any(w in _SECRET_WORDS for w in re.split(r'[_\-.]', key.lower()))
-
-
-_URL_PASSWORD = re.compile(r'(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+:)(?P<pw>[^/\s@]+)@')
-_SECRET_ENV_WORDS = _SECRET_WORDS | {'pat', 'auth'}
-
-
-def secret_values(environ: Any = None) -> list[str]:
-    """Values of environment variables whose names look secret (AWS_SECRET_ACCESS_KEY, HF_TOKEN,
-    WANDB_API_KEY, ...), longest first, to scrub from anything printed or logged."""
-    environ = os.environ if environ is None else environ
-    values = {v for k, v in environ.items()
-              if len(v) >= 6 and any(w in _SECRET_ENV_WORDS for w in re.split(r'[_\-.]', k.lower()))}
-    return sorted(values, key=len, reverse=True)
-
-
-def scrub(text: str, secrets: Sequence[str] = ()) -> str:
-    """``text`` with URL passwords and the given secret values replaced by '****'."""
-    text = _URL_PASSWORD.sub(lambda m: m['head'] + '****@', text)
-    for value in secrets:
-        text = text.replace(value, '****')
-    return text
-
-
-def redact(obj: Any, secrets: Sequence[str] | None = None) -> Any:
-    """A copy of a config mapping without secrets: values of secret-looking keys become '****',
-    and passwords in URLs and values of secret environment variables are scrubbed from strings."""
-    secrets = secret_values() if secrets is None else secrets
-    if isinstance(obj, dict):
-        return {
-            k: ('****' if _is_secret(k) and v is not None else redact(v, secrets))
-            for k, v in obj.items()
-        }
-    if isinstance(obj, list):
-        return [redact(v, secrets) for v in obj]
-    if isinstance(obj, str):
-        return scrub(obj, secrets)
-    return obj

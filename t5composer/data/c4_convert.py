@@ -7,11 +7,13 @@ not depend on ``num_workers``; each document gets one EOS, the token stream
 is concatenated across documents and cut into rows of exactly the *expanded* length
 (``random_spans_helper``: 568 for 512 / 0.15 / 3.0); the final incomplete row is dropped.
 
-Rows go to ``{out_root}/.{split}.tmp-<pid>`` (``MDSWriter``, column ``tokens: ndarray:uint16``),
-then ``t5composer_meta.json`` is written and the directory is renamed to ``{out_root}/{split}``;
-a failed conversion leaves nothing behind. Bad lines are counted by reason, the first few are
-logged with file and line, and conversion goes on; a file with no usable line is named in a
-warning, and a split with no usable document (or too few tokens for one row) is an error.
+Rows go to ``{out_root}/.{split}.tmp-<pid>`` (``MDSWriter``, column ``tokens: ndarray:uint16``,
+an ``xxh3_64`` checksum of every shard file in ``index.json``), then ``t5composer_meta.json`` is
+written and the directory is renamed to ``{out_root}/{split}``; a failed conversion leaves nothing
+behind, and a split that a running job reads is never replaced (its reader lock is taken first).
+Bad lines are counted by reason, the first few are logged with file and line, and conversion goes
+on; a file with no usable line is named in a warning, and a split with no usable document (or too
+few tokens for one row) is an error.
 """
 
 from __future__ import annotations
@@ -238,7 +240,8 @@ def convert_c4(
         max_docs: stop each split after this many good documents.
         num_workers: tokenizers: 1 tokenizes on a thread of this process, overlapped with
             reading and writing; N >= 2 starts N worker processes that parse and tokenize.
-        overwrite: replace existing split directories.
+        overwrite: replace existing split directories (refused while a running job reads one; see
+            :mod:`t5composer.data.split_lock`).
         compression: MDS shard compression (``zstd``; None for none).
         size_limit: MDS shard size limit.
         progress: show a tqdm bar per split.
@@ -254,6 +257,7 @@ def convert_c4(
 
     Raises:
         FileExistsError: a split directory exists and ``overwrite`` is False.
+        SplitInUseError: ``overwrite`` would replace a split that running processes read (named).
         FileNotFoundError: a split has no files in ``source``.
         ValueError: bad arguments, a vocabulary too large for uint16, or a split with no usable
             document or no complete row (nothing is written for it).
@@ -296,64 +300,77 @@ def convert_c4(
             f'{", ".join(existing_names)} already exist(s); pass --overwrite '
             '(overwrite=True) to replace, or choose another --out_root.'
         )
-    try:
-        tok = load_tokenizer(tokenizer)
-    except (OSError, ValueError) as e:
-        kind = FileNotFoundError if isinstance(e, FileNotFoundError) else OSError if isinstance(e, OSError) else ValueError
-        raise kind(f'--tokenizer {tokenizer}: {e} Pass a hub name (google/t5-v1_1-base), a tokenizer directory '
-                   'or the path of a spiece.model.') from e
-    vocab = _check_vocab(tok, tokenizer)
-    fingerprint = tokenizer_fingerprint(tok)
-    fs, _ = resolve_source(source, subset=subset)
-    files = {s: list_split_files(source=source, split=s, subset=subset) for s in splits}
-    out.mkdir(parents=True, exist_ok=True)
-    _remove_dead_conversions(out)
+    with ExitStack() as replacing:
+        if remote is None:
+            from t5composer.data.split_lock import replacing_split
 
-    results = {}
-    for split in splits:
-        t0 = time.perf_counter()
-        tmp = out / f'.{split}.tmp-{os.getpid()}'
-        shutil.rmtree(tmp, ignore_errors=True)
+            # Refuse now, not after hours of converting, to replace a split a running job reads; and
+            # keep jobs from starting on it until the new split is in place.
+            for name in existing_names:
+                replacing.enter_context(replacing_split(name))
         try:
-            remote_split = split_location(remote, split) if remote is not None else None
-            if remote_split is not None and split_location(remote, split) in existing_names:
-                from t5composer.data.locations import delete_remote_prefix
+            tok = load_tokenizer(tokenizer)
+        except (OSError, ValueError) as e:
+            kind = FileNotFoundError if isinstance(e, FileNotFoundError) else OSError if isinstance(e, OSError) else ValueError
+            raise kind(f'--tokenizer {tokenizer}: {e} Pass a hub name (google/t5-v1_1-base), a tokenizer directory '
+                       'or the path of a spiece.model.') from e
+        vocab = _check_vocab(tok, tokenizer)
+        fingerprint = tokenizer_fingerprint(tok)
+        fs, _ = resolve_source(source, subset=subset)
+        files = {s: list_split_files(source=source, split=s, subset=subset) for s in splits}
+        out.mkdir(parents=True, exist_ok=True)
+        _remove_dead_conversions(out)
 
-                delete_remote_prefix(remote_split)  # --overwrite: no old shard or index may survive
-            stats, backend = _convert_split(
-                files=files[split], fs=fs, tmp=tmp, split=split, tokenizer=tok, length=length,
-                max_docs=max_docs, num_workers=num_workers, compression=compression,
-                size_limit=size_limit, progress=progress, encoder=encoder, chunk_docs=chunk_docs,
-                remote=remote_split,
-            )
-            _check_usable(stats, split=split, source=source, files=files[split], length=length)
-            meta = make_split_metadata(
-                source=source, split=split, tokenizer=str(tokenizer), tokenizer_fingerprint=fingerprint,
-                vocab_size=vocab, input_length=input_length, noise_density=noise_density,
-                mean_noise_span_length=mean_noise_span_length, expanded_length=length,
-                docs=stats.docs, tokens=stats.tokens, rows=stats.rows, dropped_tokens=len(stats.carry),
-                skipped_lines=stats.skipped, encoder=backend, seconds=time.perf_counter() - t0,
-            )
-            tmp.mkdir(parents=True, exist_ok=True)  # a remote writer removes its staging folder when done
-            write_split_metadata(tmp, meta)  # last: its presence marks a complete split
-            if remote_split is not None:
-                from t5composer.data.locations import upload_file
-
-                upload_file(str(tmp), remote_split, META_FILENAME)  # after the shards and index.json
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                _move_into_place(tmp, out / split, overwrite=overwrite)
-        except BaseException:
+        results = {}
+        for split in splits:
+            t0 = time.perf_counter()
+            tmp = out / f'.{split}.tmp-{os.getpid()}'
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if stats.skipped:
-            log.warning('%s: skipped %d line(s): %s; the first %d are listed above with file:line, the other documents '
-                        'were converted. If many lines were skipped, check --source.',
-                        split, sum(stats.skipped.values()), dict(stats.skipped), min(_MAX_EXAMPLES, sum(stats.skipped.values())))
-        results[split] = meta
-    if remote is not None and local is None:
-        shutil.rmtree(out, ignore_errors=True)  # the temporary staging directory
-    return results
+            try:
+                remote_split = split_location(remote, split) if remote is not None else None
+                if remote_split is not None and split_location(remote, split) in existing_names:
+                    from t5composer.data.locations import delete_remote_prefix
+
+                    delete_remote_prefix(remote_split)  # --overwrite: no old shard or index may survive
+                stats, backend = _convert_split(
+                    files=files[split], fs=fs, tmp=tmp, split=split, tokenizer=tok, length=length,
+                    max_docs=max_docs, num_workers=num_workers, compression=compression,
+                    size_limit=size_limit, progress=progress, encoder=encoder, chunk_docs=chunk_docs,
+                    remote=remote_split,
+                )
+                _check_usable(stats, split=split, source=source, files=files[split], length=length)
+                meta = make_split_metadata(
+                    source=source, split=split, tokenizer=str(tokenizer), tokenizer_fingerprint=fingerprint,
+                    vocab_size=vocab, input_length=input_length, noise_density=noise_density,
+                    mean_noise_span_length=mean_noise_span_length, expanded_length=length,
+                    docs=stats.docs, tokens=stats.tokens, rows=stats.rows, dropped_tokens=len(stats.carry),
+                    skipped_lines=stats.skipped, encoder=backend, seconds=time.perf_counter() - t0,
+                )
+                tmp.mkdir(parents=True, exist_ok=True)  # a remote writer removes its staging folder when done
+                if remote_split is None:
+                    from t5composer.data.split_lock import READER_LOCK_FILENAME
+
+                    # Readers of a split made read-only later can still lock this file (they open it read-only).
+                    (tmp / READER_LOCK_FILENAME).touch()
+                write_split_metadata(tmp, meta)  # last: its presence marks a complete split
+                if remote_split is not None:
+                    from t5composer.data.locations import upload_file
+
+                    upload_file(str(tmp), remote_split, META_FILENAME)  # after the shards and index.json
+                    shutil.rmtree(tmp, ignore_errors=True)
+                else:
+                    _move_into_place(tmp, out / split, overwrite=overwrite)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            if stats.skipped:
+                log.warning('%s: skipped %d line(s): %s; the first %d are listed above with file:line, the other documents '
+                            'were converted. If many lines were skipped, check --source.',
+                            split, sum(stats.skipped.values()), dict(stats.skipped), min(_MAX_EXAMPLES, sum(stats.skipped.values())))
+            results[split] = meta
+        if remote is not None and local is None:
+            shutil.rmtree(out, ignore_errors=True)  # the temporary staging directory
+        return results
 
 
 def _remove_dead_conversions(out: Path) -> None:
@@ -382,6 +399,7 @@ def _convert_split(
     from streaming import MDSWriter
     from tqdm.auto import tqdm
 
+    from t5composer.data.verify import SHARD_HASH
     from t5composer.tokenization import BatchEncoder
 
     batch_encoder = BatchEncoder(tokenizer, backend=encoder)  # built once: checking the vocabulary takes ~0.1 s
@@ -392,7 +410,8 @@ def _convert_split(
             # Remote: each finished shard is uploaded (and deleted locally) while the next one fills;
             # exist_ok lets a rerun write over the shards of a killed conversion (no index.json).
             MDSWriter(out=(str(tmp), remote) if remote else str(tmp), columns={'tokens': ROW_ENCODING},
-                      compression=compression, size_limit=size_limit, keep_local=remote is None, exist_ok=remote is not None)
+                      compression=compression, size_limit=size_limit, keep_local=remote is None, exist_ok=remote is not None,
+                      hashes=[SHARD_HASH])  # checked by training (data.verify_hashes) and recipes/verify_data.py
         )
         pbar = stack.enter_context(tqdm(total=max_docs, unit='doc', desc=split, disable=not progress, dynamic_ncols=True))
         stats = _SplitWriter(writer=writer, length=length, max_docs=max_docs, split=split, pbar=pbar)

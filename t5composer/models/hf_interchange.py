@@ -84,11 +84,33 @@ def _export_config(config: transformers.T5Config, dtype: torch.dtype) -> transfo
     return cfg
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    # Write then rename, so a reader never sees half a file.
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+# What a Hugging Face model directory holds; only such a directory is replaced by an export with
+# overwrite (never a folder with other files in it, e.g. a mistyped out_dir of '.').
+_HF_DIR_FILES = frozenset({
+    'config.json', 'generation_config.json', WEIGHTS_NAME, 'model.safetensors.index.json', 'pytorch_model.bin',
+    'pytorch_model.bin.index.json', 'spiece.model', 'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json',
+    'added_tokens.json', 'README.md',
+})
+
+
+def _replace_problem(out: Path, overwrite: bool) -> str | None:
+    """Why ``out`` may not be written (None: absent or empty, or an earlier export that overwrite may replace)."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        return f'{out} exists and is not a directory; choose another output directory.'
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return None
+    if not overwrite:
+        shown = ', '.join(entries[:6]) + (f', ... ({len(entries)} entries)' if len(entries) > 6 else '')
+        return (f'{out} is not empty ({shown}); pass --overwrite (overwrite=True) to replace it with this export, '
+                'or choose another output directory.')
+    foreign = [n for n in entries if n not in _HF_DIR_FILES and not (n.startswith('model-') and n.endswith('.safetensors'))]
+    if foreign:
+        return (f'{out} holds files that are not part of a Hugging Face model ({", ".join(foreign[:6])}), so --overwrite '
+                'will not replace it; choose another output directory.')
+    return None
 
 
 def write_hf_dir(
@@ -97,50 +119,66 @@ def write_hf_dir(
     config: transformers.T5Config,
     out_dir: str | os.PathLike,
     tokenizer: Any = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write a Hugging Face T5 directory from a state_dict and its config.
+
+    The directory appears complete or not at all (it is written beside ``out_dir`` and renamed
+    into place), and never among other files.
 
     Args:
         state_dict: T5 weights with transformers' keys (tied copies may be present or not).
         config: the model config.
-        out_dir: directory to write (created; files of the same names are replaced).
+        out_dir: directory to write (created; it must be absent or empty unless ``overwrite``).
         tokenizer: None, ``{filename: bytes}`` (e.g. from a checkpoint's ModelMetadata), a
             tokenizer object, a tokenizer directory, or a ``spiece.model`` path.
+        overwrite: replace an existing Hugging Face model directory at ``out_dir`` (one holding
+            only model, config and tokenizer files).
 
     Returns:
         ``out_dir`` as a Path.
+
+    Raises:
+        FileExistsError: ``out_dir`` is not empty and ``overwrite`` is False, or it holds other files.
     """
     from safetensors.torch import save_file
 
+    from t5composer.atomic_files import replace_directory
     from t5composer.callbacks.model_metadata import read_tokenizer_files
 
-    tensors = hf_state_dict(state_dict, config=config)
     out = Path(os.path.expanduser(str(out_dir)))
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = _export_config(config, tensors['shared.weight'].dtype)
-    cfg.save_pretrained(out)
-    transformers.GenerationConfig.from_model_config(cfg).save_pretrained(out)
-    tmp = out / f'.{WEIGHTS_NAME}.tmp{os.getpid()}'
-    save_file(tensors, str(tmp), metadata={'format': 'pt'})  # from_pretrained requires format=pt
-    os.replace(tmp, out / WEIGHTS_NAME)
+    problem = _replace_problem(out, overwrite)
+    if problem is not None:
+        raise FileExistsError(problem)
+    tensors = hf_state_dict(state_dict, config=config)
+    files = None
     if tokenizer is not None:
         files = tokenizer if isinstance(tokenizer, Mapping) else read_tokenizer_files(tokenizer)
-        for name, data in files.items():
-            if Path(name).name != name:  # only plain file names: never write outside out_dir
-                raise ValueError(f'Refusing tokenizer file name {name!r}.')
-            _write_bytes(out / name, bytes(data))
-    return out
+        bad = [name for name in files if Path(name).name != name]
+        if bad:  # only plain file names: never write outside out_dir
+            raise ValueError(f'Refusing tokenizer file name {bad[0]!r}.')
+
+    def fill(tmp: Path) -> None:
+        cfg = _export_config(config, tensors['shared.weight'].dtype)
+        cfg.save_pretrained(tmp)
+        transformers.GenerationConfig.from_model_config(cfg).save_pretrained(tmp)
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={'format': 'pt'})  # from_pretrained requires format=pt
+        for name, data in (files or {}).items():
+            (tmp / name).write_bytes(bytes(data))
+
+    return replace_directory(out, fill)
 
 
-def export_hf(*, model: nn.Module, out_dir: str | os.PathLike, tokenizer: Any = None) -> Path:
+def export_hf(*, model: nn.Module, out_dir: str | os.PathLike, tokenizer: Any = None, overwrite: bool = False) -> Path:
     """Export our T5 as a Hugging Face directory that ``from_pretrained`` loads with identical logits.
 
     Args:
         model: a :class:`~t5composer.models.t5.T5ForConditionalGeneration`, or a
             :class:`~t5composer.models.composer_t5.ComposerT5` wrapping one.
-        out_dir: directory to write (created).
+        out_dir: directory to write (created; absent or empty unless ``overwrite``).
         tokenizer: None, a tokenizer object, a tokenizer directory / ``spiece.model``, or
             ``{filename: bytes}``.
+        overwrite: replace an earlier export at ``out_dir`` (see :func:`write_hf_dir`).
 
     Returns:
         ``out_dir`` as a Path.
@@ -149,7 +187,7 @@ def export_hf(*, model: nn.Module, out_dir: str | os.PathLike, tokenizer: Any = 
     config = getattr(inner, 'config', None)
     if not isinstance(config, transformers.T5Config):
         raise TypeError(f'export_hf needs a T5ForConditionalGeneration or ComposerT5, got {type(model).__name__}.')
-    return write_hf_dir(state_dict=inner.state_dict(), config=config, out_dir=out_dir, tokenizer=tokenizer)
+    return write_hf_dir(state_dict=inner.state_dict(), config=config, out_dir=out_dir, tokenizer=tokenizer, overwrite=overwrite)
 
 
 def _model_weights(checkpoint: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -190,6 +228,7 @@ def export_composer_checkpoint(
     *,
     config: transformers.T5Config | str | None = None,
     tokenizer: Any = None,
+    overwrite: bool = False,
 ) -> Path:
     """Export a Composer checkpoint of ComposerT5 to a Hugging Face directory.
 
@@ -199,29 +238,39 @@ def export_composer_checkpoint(
     Args:
         checkpoint_path: a Composer ``.pt`` checkpoint (``ep0-ba100-rank0.pt``,
             ``latest-rank0.pt``), or a save folder holding ``latest-rank0.pt``.
-        out_dir: directory to write (created).
+        out_dir: directory to write (created; absent or empty unless ``overwrite``).
         config: overrides the checkpoint's model config: a ``T5Config``, or a model name / HF
             config directory for ``load_model_config``. Needed for checkpoints written without
             the ModelMetadata callback.
         tokenizer: overrides the checkpoint's tokenizer files: a tokenizer directory,
             ``spiece.model`` or tokenizer object. Without it and without metadata, no
             tokenizer files are written.
+        overwrite: replace an earlier Hugging Face export at ``out_dir`` (see :func:`write_hf_dir`).
 
     Returns:
         ``out_dir`` as a Path.
 
     Raises:
         FileNotFoundError: the checkpoint does not exist.
-        ValueError: not a Composer checkpoint, or no model config (no metadata and no ``config``).
+        FileExistsError: ``out_dir`` is not empty (without ``overwrite``) or holds other files.
+        ValueError: not a Composer checkpoint, a corrupt one, or no model config (no metadata and no ``config``).
     """
     from t5composer import __version__
     from t5composer.callbacks.model_metadata import MetadataMissingError, metadata_from_checkpoint
+    from t5composer.checkpoints import unusable_checkpoint_message
 
     path = Path(os.path.expanduser(str(checkpoint_path)))
     if path.is_dir() and (path / 'latest-rank0.pt').exists():
         path = path / 'latest-rank0.pt'
     if not path.is_file():
         raise FileNotFoundError(f'Composer checkpoint {path} does not exist.')
+    out_problem = _replace_problem(Path(os.path.expanduser(str(out_dir))), overwrite)  # before reading gigabytes
+    if out_problem is not None:
+        raise FileExistsError(out_problem)
+    # A flipped byte loads without a word; never export corrupted weights (the zip CRCs say).
+    problem = unusable_checkpoint_message(str(path), role=f'Checkpoint {path}', use=f'python recipes/export_hf.py {{path}} {out_dir}')
+    if problem is not None:
+        raise ValueError(problem)
     try:
         checkpoint = torch.load(path, map_location='cpu', weights_only=False)
     except Exception as e:  # noqa: BLE001 - pickle/zip errors come in many types
@@ -254,4 +303,5 @@ def export_composer_checkpoint(
         config=config,
         out_dir=out_dir,
         tokenizer=tokenizer if tokenizer is not None else (tokenizer_files or None),
+        overwrite=overwrite,
     )

@@ -1,20 +1,123 @@
-"""nanoT5's AdamW with RMS-scaled steps ("adamwscale").
+"""nanoT5's AdamW with RMS-scaled steps ("adamwscale"), as multi-tensor work that never waits for the device.
 
 Adam's update is multiplied by ``max(1e-3, RMS(p))``, Adafactor's ``scale_parameter`` trick, so
 the step is relative to the size of each weight tensor; this is what lets T5 pre-train with a
 base learning rate of 2e-2.
+
+A step is two functions over all the tensors of a parameter group: :func:`adamwscale_step_sizes`
+(per-tensor scalars: step counts and step sizes) and :func:`adamwscale_apply` (the elementwise
+update). Each is written once for the two ways it runs: eagerly (the ops of nanoT5's loop) or
+through ``torch.compile`` (``compiled=True``), which turns the update of each tensor into one
+pass over its memory. Python numbers in them are per-group constants; everything that changes
+between steps (lr, step counts, the skip flag) is a tensor, so the compiled step never recompiles.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch.optim import Optimizer
 
-__all__ = ['AdamWScale']
+__all__ = ['AdamWScale', 'adamwscale_apply', 'adamwscale_step_sizes']
+
+
+def adamwscale_step_sizes(
+    steps: list[torch.Tensor],
+    rms: list[torch.Tensor],
+    lr: torch.Tensor,
+    found: Optional[torch.Tensor],
+    *,
+    beta1: float,
+    beta2: float,
+) -> list[torch.Tensor]:
+    """Advance each parameter's step count (unless ``found``) and return its step size, all on the device.
+
+    ``step_size = lr * sqrt(1 - b2^t) / (1 - b1^t) * max(1e-3, RMS(p))``, the bias correction in
+    float64 as the Python floats it replaces, then in the parameter's dtype.
+
+    Args:
+        steps: per parameter, its step count (0-dim float32 tensor, updated in place).
+        rms: per parameter, RMS(p) of the whole tensor before this step (0-dim).
+        lr: the group's learning rate (0-dim float64 on the parameters' device).
+        found: 0-dim bool tensor; where true the counts stay; None: always count.
+        beta1, beta2: the group's betas.
+    """
+    keep = None if found is None else ~found
+    sizes = []
+    for step, r in zip(steps, rms):
+        step.add_(1 if keep is None else keep)
+        t = step.double()
+        bias_corrected_lr = lr * torch.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
+        sizes.append(r.clamp_min(1e-3) * bias_corrected_lr.to(r.dtype))
+    return sizes
+
+
+def adamwscale_apply(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    step_sizes: list[torch.Tensor],
+    decay: Optional[torch.Tensor],
+    found: Optional[torch.Tensor],
+    *,
+    beta1: float,
+    beta2: float,
+    eps: float,
+) -> None:
+    """The elementwise part of the step, in place: moments, then weights (any slices of them).
+
+    Args:
+        params, grads, exp_avgs, exp_avg_sqs: per tensor (or slice of one): the weights, their
+            gradients and the two moments (updated in place).
+        step_sizes: per tensor, from :func:`adamwscale_step_sizes`.
+        decay: ``-lr * weight_decay`` (0-dim, the parameters' dtype), or None without weight decay.
+        found: 0-dim bool tensor: where true, weights and moments stay exactly as they are (the
+            step is skipped on the device, as fused Adam does with GradScaler's ``found_inf``);
+            None: always step.
+        beta1, beta2, eps: the group's hyperparameters.
+    """
+    for p, g, m, v, step_size in zip(params, grads, exp_avgs, exp_avg_sqs, step_sizes):
+        if found is None:
+            m.mul_(beta1).add_(g, alpha=1.0 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+            p.sub_(m.div(v.sqrt().add_(eps)).mul_(step_size))
+            if decay is not None:
+                p.add_(p * decay)  # decoupled decay on the already-updated weights, as in nanoT5
+            continue
+        # A skipped step must leave every bit as it was, and the gradients may be NaN: select, don't scale.
+        m_new = (m * beta1).add_(g, alpha=1.0 - beta1)
+        v_new = (v * beta2).addcmul_(g, g, value=1.0 - beta2)
+        p_new = torch.sub(p, m_new.div(v_new.sqrt().add_(eps)).mul_(step_size))
+        if decay is not None:
+            p_new.add_(p_new * decay)
+        torch.where(found, m, m_new, out=m)
+        torch.where(found, v, v_new, out=v)
+        torch.where(found, p, p_new, out=p)
+
+
+# Eagerly on a CPU, a tensor's update runs in slices of this many elements (1 MiB of fp32): the
+# temporaries of a slice stay in the cache and are reused, where whole-tensor temporaries of a
+# large weight (an embedding: 99 MB) are fresh memory, faulted in page by page, at every step.
+_CPU_SLICE = 1 << 18
+
+
+def _apply_in_slices(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
+                     exp_avg_sqs: list[torch.Tensor], step_sizes: list[torch.Tensor], decay: Optional[torch.Tensor],
+                     found: Optional[torch.Tensor], *, beta1: float, beta2: float, eps: float) -> None:
+    """:func:`adamwscale_apply` run eagerly (same ops, same results), in slices on a CPU."""
+    for tensors in zip(params, grads, exp_avgs, exp_avg_sqs, step_sizes):
+        p = tensors[0]
+        if p.device.type == 'cpu' and p.numel() > _CPU_SLICE and all(t.is_contiguous() for t in tensors[:4]):
+            slices = [t.view(-1).split(_CPU_SLICE) for t in tensors[:4]]
+            columns = [*slices, [tensors[4]] * len(slices[0])]
+        else:
+            columns = [[t] for t in tensors]
+        adamwscale_apply(*columns, decay, found, beta1=beta1, beta2=beta2, eps=eps)
 
 
 class AdamWScale(Optimizer):
@@ -28,13 +131,18 @@ class AdamWScale(Optimizer):
         p -= step_size * m / (sqrt(v) + eps)
         p -= lr * weight_decay * p                                          # if weight_decay > 0
 
-    ``RMS(p) = ||p||_2 / sqrt(numel(p))`` of the whole tensor. Under FSDP each process holds a
-    shard of every tensor, so with ``sharded_params`` the RMS sums the squares and the element
-    counts of every process's shards (one all-reduce of two numbers per tensor and step); a
-    tensor held whole by several processes (DDP, or HYBRID_SHARD's replicas) counts once per
-    copy in both sums, which leaves the ratio unchanged. The step count is stored per parameter
-    as a Python int, so ``state_dict()`` / ``load_state_dict()`` round trips are exact (a tensor
-    ``step`` from another optimizer's state is accepted on load).
+    ``RMS(p) = ||p||_2 / sqrt(numel(p))`` of the whole tensor, for all tensors at once
+    (``torch._foreach_norm``). Under FSDP each process holds a shard of every tensor, so with
+    ``sharded_params`` the RMS sums the squares and the element counts of every process's shards
+    (one all-reduce per step); a tensor held whole by several processes (DDP, or HYBRID_SHARD's
+    replicas) counts once per copy in both sums, which leaves the ratio unchanged.
+
+    Nothing in a step reads a tensor on the host: the step counts are 0-dim tensors on the
+    parameters' device (``state['step']``, as in PyTorch's capturable Adam; an int from an older
+    checkpoint is converted on load), and :meth:`skip_next_step_if` hands the next step a
+    device-side flag that turns it into a no-op (the non-finite guard uses it). With ``compiled``
+    the step runs through ``torch.compile`` (the first step compiles it: seconds on a GPU, up to
+    minutes for T5-base on a CPU, then cached); otherwise eagerly, on a CPU in cache-sized slices.
 
     Args:
         params: parameters or parameter groups.
@@ -45,6 +153,7 @@ class AdamWScale(Optimizer):
         sharded_params: the parameters are this process's shards of the model's tensors (FSDP):
             take each RMS over the whole tensor across processes. Every process must call
             ``step`` (it is a collective when ``torch.distributed`` runs more than one process).
+        compiled: run the update through ``torch.compile`` (one fused pass per tensor).
     """
 
     def __init__(
@@ -56,34 +165,49 @@ class AdamWScale(Optimizer):
         eps: float = 1e-6,
         weight_decay: float = 0.0,
         sharded_params: bool = False,
+        compiled: bool = False,
     ) -> None:
         _validate(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         defaults = {'lr': lr, 'betas': tuple(betas), 'eps': eps, 'weight_decay': weight_decay}
         super().__init__(params, defaults)
         self.sharded_params = bool(sharded_params)
+        self.compiled = bool(compiled)
         for group in self.param_groups:
             # Groups may override defaults; check them too.
             _validate(lr=group['lr'], betas=group['betas'], eps=group['eps'], weight_decay=group['weight_decay'])
+        self._found: Optional[torch.Tensor] = None
+        self._lr: dict[int, torch.Tensor] = {}  # per group: its lr as a device tensor, refilled every step
+        self._numels: Optional[torch.Tensor] = None  # sharded: this process's element counts, made once
+        # Compiled, the step sizes (per-tensor scalars) and the elementwise update are two graphs:
+        # in one, inductor would recompute the scalars inside every tensor's loop.
+        fuse = functools.partial(torch.compile, fullgraph=True, dynamic=False)
+        self._step_sizes = fuse(adamwscale_step_sizes) if self.compiled else adamwscale_step_sizes
+        self._apply = fuse(adamwscale_apply) if self.compiled else _apply_in_slices
 
-    @staticmethod
-    def _rms(tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.norm(2) / math.sqrt(tensor.numel())
+    def skip_next_step_if(self, found: torch.Tensor) -> None:
+        """Make the next :meth:`step` leave weights, moments and step counts unchanged if ``found`` is true.
 
-    def _whole_tensor_rms(self) -> dict[int, torch.Tensor] | None:
-        """``{id(p): RMS of p's whole tensor}`` across processes, or None when nothing is sharded."""
+        The flag is applied on the device (no host sync), like ``found_inf`` in PyTorch's fused
+        Adam; it is consumed by that one step.
+
+        Args:
+            found: a bool tensor with one element, on the parameters' device.
+        """
+        self._found = found.reshape(()).bool()
+
+    def _whole_tensor_rms(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """RMS of each of ``params`` before the update; with ``sharded_params`` over the whole tensor across processes."""
         import torch.distributed as dist
 
+        norms = torch._foreach_norm([p.detach() for p in params], 2.0)
         if not (self.sharded_params and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            return None
-        params = [p for group in self.param_groups for p in group['params']]  # every rank: the same order
-        if not params:
-            return None
-        squares = torch.stack([n.float().square() for n in torch._foreach_norm([p.detach() for p in params], 2.0)])
-        counts = torch.tensor([float(p.numel()) for p in params], device=squares.device)
-        totals = torch.stack([squares, counts])
+            return [n / math.sqrt(p.numel()) for n, p in zip(norms, params)]
+        if self._numels is None or self._numels.numel() != len(params):
+            # Made once: a tensor built from host numbers every step would wait for the device.
+            self._numels = torch.tensor([float(p.numel()) for p in params], device=norms[0].device)
+        totals = torch.stack([torch.stack([n.float().square() for n in norms]), self._numels])
         dist.all_reduce(totals)
-        rms = (totals[0] / totals[1].clamp_min(1.0)).sqrt()
-        return {id(p): rms[i] for i, p in enumerate(params)}
+        return list((totals[0] / totals[1].clamp_min(1.0)).sqrt().unbind())
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -99,53 +223,52 @@ class AdamWScale(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        found, self._found = self._found, None
 
-        whole_rms = self._whole_tensor_rms()  # before any update: RMS(p) of the step's start
-        for group in self.param_groups:
-            lr = group['lr']
-            beta1, beta2 = group['betas']
-            eps = group['eps']
-            weight_decay = group['weight_decay']
-            for p in group['params']:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                if grad.is_sparse:
+        stepped = [[p for p in group['params'] if p.grad is not None] for group in self.param_groups]
+        # Sharded, the all-reduce needs every rank to list the same tensors in the same order, with
+        # or without a gradient of its own; unsharded, only the tensors that step need an RMS.
+        listed = [p for group in self.param_groups for p in group['params']] if self.sharded_params else [p for ps in stepped for p in ps]
+        if not listed:
+            return loss
+        rms = dict(zip(map(id, listed), self._whole_tensor_rms(listed)))
+        for index, (group, params) in enumerate(zip(self.param_groups, stepped)):
+            if not params:
+                continue
+            states = []
+            for p in params:
+                if p.grad.is_sparse:
                     raise RuntimeError('AdamWScale does not support sparse gradients')
                 state = self.state[p]
                 if len(state) == 0:
-                    state['step'] = 0
+                    state['step'] = torch.zeros((), dtype=torch.float32, device=p.device)
                     state['exp_avg'] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state['exp_avg_sq'] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                step = int(state['step']) + 1
-                state['step'] = step
-                exp_avg, exp_avg_sq = state['exp_avg'], state['exp_avg_sq']
-
-                exp_avg.mul_(beta1).add_(grad, alpha=1.0 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-                denom = exp_avg_sq.sqrt().add_(eps)
-
-                bias_corrected_lr = lr * math.sqrt(1.0 - beta2**step) / (1.0 - beta1**step)
-                # A 0-dim tensor, not .item(): no host-device sync per parameter on GPU.
-                rms = whole_rms[id(p)] if whole_rms is not None else self._rms(p)
-                step_size = rms.clamp_min(1e-3).mul_(bias_corrected_lr)
-                p.sub_(exp_avg.div(denom).mul_(step_size))
-
-                if weight_decay > 0.0:
-                    # Decoupled decay on the already-updated weights, as in nanoT5.
-                    p.add_(p, alpha=-lr * weight_decay)
+                states.append(state)
+            lr = self._lr.get(index)
+            if lr is None or lr.device != params[0].device:
+                lr = self._lr[index] = torch.zeros((), dtype=torch.float64, device=params[0].device)
+            lr.fill_(group['lr'])  # the value travels as a kernel argument, not as a copy the host waits for
+            beta1, beta2 = group['betas']
+            sizes = self._step_sizes([s['step'] for s in states], [rms[id(p)] for p in params], lr, found, beta1=beta1, beta2=beta2)
+            decay = (-lr * group['weight_decay']).to(params[0].dtype) if group['weight_decay'] > 0.0 else None
+            self._apply([p.detach() for p in params], [p.grad for p in params], [s['exp_avg'] for s in states],
+                        [s['exp_avg_sq'] for s in states], sizes, decay, found, beta1=beta1, beta2=beta2, eps=group['eps'])
         return loss
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load optimizer state; ``step`` entries are normalised to Python ints.
+        """Load optimizer state; ``step`` becomes a 0-dim float32 tensor on its parameter's device.
 
         Args:
-            state_dict: as returned by :meth:`state_dict`.
+            state_dict: as returned by :meth:`state_dict` (an int ``step``, which older
+                checkpoints hold, is accepted).
         """
         super().load_state_dict(state_dict)
-        for state in self.state.values():
-            if 'step' in state and isinstance(state['step'], torch.Tensor):
-                state['step'] = int(state['step'].item())
+        for p, state in self.state.items():
+            if 'step' in state:
+                step = state['step']
+                step = step.detach().reshape(()) if torch.is_tensor(step) else torch.tensor(float(step))
+                state['step'] = step.to(device=p.device, dtype=torch.float32)
 
 
 def _validate(*, lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> None:

@@ -159,6 +159,7 @@ def build_optimizer(
     lr: float,
     weight_decay: float = 0.0,
     sharded: bool = False,
+    compile_step: bool = False,
     **kwargs: Any,
 ) -> Optimizer:
     """Build a registered optimizer over ``model``'s parameters.
@@ -172,6 +173,9 @@ def build_optimizer(
         weight_decay: weight decay of the decayed group (>= 0).
         sharded: the run shards parameters (FSDP); passed as ``sharded_params=True`` to an
             optimizer that takes it (adamwscale: RMS over whole tensors).
+        compile_step: the run compiles its step (``compile: true``); passed as ``compiled=True``
+            to an optimizer that takes it (adamwscale: its update through ``torch.compile``),
+            unless the config sets ``optimizer.compiled`` itself.
         **kwargs: optimizer-specific options (e.g. ``betas``, ``eps``); checked against the
             builder's signature.
 
@@ -197,6 +201,8 @@ def build_optimizer(
     call_kwargs['lr'] = float(lr)
     if sharded and 'sharded_params' in options:
         call_kwargs['sharded_params'] = True
+    if compile_step and 'compiled' in options and 'compiled' not in kwargs:
+        call_kwargs['compiled'] = True
     if var_kwargs or 'weight_decay' in options:
         call_kwargs['weight_decay'] = float(weight_decay)
     elif weight_decay > 0:

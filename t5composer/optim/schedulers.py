@@ -20,6 +20,7 @@ from typing import Any, Union
 from composer.core import State, Time, TimeUnit
 from composer.optim import ComposerScheduler
 
+from t5composer.durations import UNIT_NAMES, parse_duration
 from t5composer.registry import Registry, builder_options, check_options
 
 __all__ = [
@@ -43,12 +44,11 @@ def _parse_time(value: TimeLike, what: str) -> Time:
     if isinstance(value, bool):
         raise TypeError(f'{what} must be a time string like "10000ba", got {value!r}')
     if isinstance(value, int):
-        return Time(value, TimeUnit.BATCH)  # a bare int means optimizer steps
+        return Time(value, TimeUnit.BATCH)  # from Python: a bare int means optimizer steps (recipes must give a unit)
     if isinstance(value, str):
-        try:
-            return Time.from_timestring(value)
-        except ValueError as err:
-            raise ValueError(f'{what}={value!r} is not a time string like "10000ba" or "0.1dur": {err}') from None
+        # The recipes' one duration parser (whole counts, 'dur' fractions, a unit required).
+        d = parse_duration(value, key=what, units=tuple(UNIT_NAMES), allow_zero=True)
+        return Time(d.value, TimeUnit(d.unit))
     raise TypeError(f'{what} must be a time string like "10000ba", got {type(value).__name__}')
 
 

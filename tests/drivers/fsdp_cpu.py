@@ -4,8 +4,10 @@ Composer's ``prepare_fsdp_module`` needs CUDA (it passes ``torch.cuda.current_de
 this applies the same rules by hand: the model's ``fsdp_wrap_fn`` as the auto-wrap policy and
 its ``activation_checkpointing_fn`` for non-reentrant checkpoint wrappers inside the units.
 Each rank takes half of a batch; the gathered gradients must equal those of the unwrapped model
-on the whole batch, and so must the weights after an adamwscale step on the shards (RMS over whole
-tensors). Prints one JSON line per rank.
+on the whole batch, the shared gradient norm and clipping must equal FSDP's own
+``clip_grad_norm_``, and the weights after an adamwscale step on the shards (RMS over whole
+tensors; eager and compiled, with the non-finite flag) must equal the unwrapped model's. Prints
+one JSON line per rank.
 
     python tests/drivers/fsdp_cpu.py
 """
@@ -65,8 +67,9 @@ def _rank(rank: int, world: int, port: int) -> None:
             result['max_grad_diff'] = max(float((grads[n] - p.grad).abs().max()) for n, p in reference.named_parameters())
             result['compared'] = sum(1 for n, _ in reference.named_parameters() if n in grads)
             result['parameters'] = len(list(reference.named_parameters()))
-        # nanot5_log's norms from the shards equal the unwrapped model's.
-        from t5composer.callbacks.nanot5_log import fsdp_copies, global_l2
+        # The step's gradient norm (clipping, the guard, nanot5_log) and the weights norm from the
+        # shards equal the unwrapped model's.
+        from t5composer.optim.grad_norm import fsdp_copies, global_l2
 
         copies = fsdp_copies(wrapped)
         result['copies'] = copies
@@ -76,21 +79,44 @@ def _rank(rank: int, world: int, port: int) -> None:
                                         - float(global_l2([p.detach() for p in reference.parameters()])))
         result['grad_l2_local_diff'] = abs(float(global_l2([p.grad for p in wrapped.parameters() if p.grad is not None]))
                                            - float(global_l2([p.grad for p in reference.parameters()])))
+        # Clipping with that norm is FSDP's own clip_grad_norm_: the same norm, the same gradients.
+        params = [p for p in wrapped.parameters() if p.grad is not None]
+        grads = [p.grad.clone() for p in params]
+        fsdp_norm = wrapped.clip_grad_norm_(0.05)
+        fsdp_clipped = [p.grad.clone() for p in params]
+        for p, g in zip(params, grads):
+            p.grad.copy_(g)
+        ours = global_l2([p.grad for p in params], copies=copies)
+        torch.nn.utils.clip_grads_with_norm_(params, 0.05, ours)
+        result['clip_norm_diff'] = abs(float(ours) - float(fsdp_norm))
+        result['clip_grad_diff'] = max(float((p.grad - g).abs().max()) for p, g in zip(params, fsdp_clipped))
+        result['clipped'] = float(fsdp_norm) > 0.05
+        for p, g in zip(params, grads):
+            p.grad.copy_(g)
         # adamwscale on the shards: with sharded_params its RMS is the whole tensor's, so the
-        # step equals the unwrapped model's; without it each shard scales by its own RMS.
+        # step equals the unwrapped model's (eager or compiled, with the non-finite flag or
+        # without); without it each shard scales by its own RMS. A flagged step changes nothing.
         from t5composer.optim import AdamWScale
 
         AdamWScale(reference.parameters(), lr=1e-2).step()
         start = [p.detach().clone() for p in wrapped.parameters()]
-        for sharded_params in (True, False):
+        for key, sharded_params, compiled, flag in (('max_step_diff_sharded_rms', True, False, None),
+                                                    ('max_step_diff_sharded_rms_compiled', True, True, False),
+                                                    ('max_step_diff_shard_local_rms', False, False, None),
+                                                    ('max_change_flagged_step', True, True, True)):
             with torch.no_grad():
                 for p, p0 in zip(wrapped.parameters(), start):
                     p.copy_(p0)
-            AdamWScale(wrapped.parameters(), lr=1e-2, sharded_params=sharded_params).step()
+            optimizer = AdamWScale(wrapped.parameters(), lr=1e-2, sharded_params=sharded_params, compiled=compiled)
+            if flag is not None:
+                optimizer.skip_next_step_if(torch.tensor(flag))
+            optimizer.step()
+            if flag:
+                result[key] = max(float((p - p0).abs().max()) for p, p0 in zip(wrapped.parameters(), start) if p.numel())
+                continue
             with FSDP.summon_full_params(wrapped):
                 stepped = {n.replace('_fsdp_wrapped_module.', '').replace('_checkpoint_wrapped_module.', ''): p.detach().clone()
                            for n, p in wrapped.named_parameters()}
-            key = 'max_step_diff_sharded_rms' if sharded_params else 'max_step_diff_shard_local_rms'
             result[key] = max(float((stepped[n] - p).abs().max()) for n, p in reference.named_parameters())
         result['fsdp_units'] = sum(isinstance(m, FSDP) for m in wrapped.modules())
         result['checkpointed'] = sum(isinstance(m, CheckpointWrapper) for m in wrapped.modules())
