@@ -30,6 +30,7 @@ def main(argv: list[str]) -> int:
                         help='replace an earlier export in out_dir (only a directory holding Hugging Face model files)')
     args = parser.parse_args(argv)
 
+    from t5composer.errors import describe_os_error
     from t5composer.models.hf_interchange import export_composer_checkpoint
     from t5composer.redaction import print_error, scrub_this_process
 
@@ -38,8 +39,11 @@ def main(argv: list[str]) -> int:
     try:
         out = export_composer_checkpoint(args.checkpoint, args.out_dir, config=args.config, tokenizer=args.tokenizer,
                                          overwrite=args.overwrite)
-    except (FileNotFoundError, ValueError, OSError) as e:
+    except (FileNotFoundError, FileExistsError, ValueError) as e:  # a missing or corrupt checkpoint, an occupied out_dir
         print_error(e)
+        return 2
+    except OSError as e:  # writing the export failed (a full disk, permissions)
+        print_error(describe_os_error(e, what='out_dir') if e.strerror else e)
         return 1
     print(f'Wrote {out} ({", ".join(sorted(p.name for p in out.iterdir()))}).')
     return 0

@@ -487,8 +487,8 @@ def evaluate_cli(make_args: Callable[[Env], list[str]]) -> Callable[[Env], str]:
 
 
 def export_cli(make_args: Callable[[Env], list[str]]) -> Callable[[Env], str]:
-    """recipes/export_hf.py: exit status 1, nothing written."""
-    return cli(recipe_main('export_hf'), make_args, status=1)
+    """recipes/export_hf.py: exit status 2, nothing written."""
+    return cli(recipe_main('export_hf'), make_args)
 
 
 def recipe_cli(name: str, make_args: Callable[[Env], list[str]]) -> Callable[[Env], str]:

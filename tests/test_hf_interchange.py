@@ -248,7 +248,7 @@ def test_export_script_on_composer_checkpoint(trained_run, tmp_path):
     assert 'Wrote' in ok_out
     assert (hf_logits(load_hf(out)) - our_logits(model.model)).abs().max().item() <= 1e-5
     assert transformers.AutoTokenizer.from_pretrained(out).eos_token_id == 1
-    assert bad.returncode == 1
+    assert bad.returncode == 2
     assert f'{missing} does not exist' in bad_err and 'Traceback' not in bad_err
 
 
@@ -387,7 +387,7 @@ def test_export_cli_overwrite_flag(trained_run, tmp_path):
     (out / 'config.json').write_text('{}')
     refused = subprocess.run([sys.executable, str(REPO / 'recipes' / 'export_hf.py'), str(save_folder), str(out)],
                              capture_output=True, text=True, cwd=REPO)
-    assert refused.returncode == 1 and 'pass --overwrite' in refused.stderr and 'Traceback' not in refused.stderr
+    assert refused.returncode == 2 and 'pass --overwrite' in refused.stderr and 'Traceback' not in refused.stderr
     done = subprocess.run([sys.executable, str(REPO / 'recipes' / 'export_hf.py'), str(save_folder), str(out), '--overwrite'],
                           capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
