@@ -64,6 +64,34 @@ def test_base_key_inherits_and_reports_cycles(tmp_path):
     assert (cfg.run_name, cfg.model.d_model, cfg.model.num_heads, cfg.save_folder) == ('d', 64, 4, 'runs/d')
 
 
+def test_replace_takes_a_section_whole_instead_of_merging_it(tmp_path):
+    """pt_base_adafactor.yaml states only what differs from pt_base.yaml; its schedule has none of
+    pt_base's cosine keys (merging would carry t_warmup and final_lr into inverse_sqrt)."""
+    cfg = load_config(str(REPO / 'yamls' / 'pt_base_adafactor.yaml'))
+    base = load_config(str(REPO / 'yamls' / 'pt_base.yaml'))
+    assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.kwargs) == ('adafactor', pytest.approx(2e-2), {})
+    assert (cfg.scheduler.name, cfg.scheduler.kwargs) == ('inverse_sqrt', {})
+    assert (cfg.run_name, cfg.save_folder) == ('pt_base_adafactor', 'runs/pt_base_adafactor')
+    same = ['model', 'data', 'tokenizer', 'algorithms', 'callbacks', 'precision', 'compile', 'max_duration', 'global_train_batch_size',
+            'device_train_microbatch_size', 'eval_interval', 'save_interval', 'seed']
+    assert [getattr(cfg, k) for k in same] == [getattr(base, k) for k in same]
+
+    parent = REPO / 'yamls' / 'pt_base.yaml'
+    (tmp_path / 'merged.yaml').write_text(f'base: {parent}\nscheduler:\n  name: inverse_sqrt\n')
+    merged = load_config(str(tmp_path / 'merged.yaml')).scheduler.kwargs  # what replace is for: the cosine keys merged in
+    assert merged == {'t_warmup': '10000ba', 'final_lr': pytest.approx(1e-5)}
+    (tmp_path / 'dotted.yaml').write_text(f'base: {parent}\nreplace: [callbacks.speed_monitor]\ncallbacks:\n  speed_monitor: {{}}\n')
+    assert load_config(str(tmp_path / 'dotted.yaml')).callbacks['speed_monitor'] in ({}, None)
+    for text, message in (
+        ('replace: [optimizer]\noptimizer:\n  name: adamw\n', "'replace' in .* needs a 'base:' recipe"),
+        (f'base: {parent}\nreplace: optimizer\n', "'replace' in .* must be a list of keys"),
+        (f'base: {parent}\nreplace: [scheduler]\nrun_name: x\n', "'replace' in .* names 'scheduler', which the file does not set"),
+    ):
+        (tmp_path / 'bad.yaml').write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            load_config(str(tmp_path / 'bad.yaml'))
+
+
 def test_pt_base_matches_the_reference():
     cfg = load_config(str(REPO / 'yamls' / 'pt_base.yaml'))
     assert cfg.optimizer.name == 'adamwscale' and cfg.optimizer.lr == pytest.approx(2e-2)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationKeyError, OmegaConfBaseException
 
 from t5composer.config.schema import DataConfig, TrainConfig
@@ -69,21 +69,51 @@ def _load_recipe(yaml_path: str, chain: tuple[str, ...] = ()) -> Any:
     """A recipe with its ``base:`` recipes merged underneath (``base`` is relative to the file).
 
     ``base: pt_base.yaml`` lets a variant (pt_4h.yaml) state only what differs; mappings merge
-    key by key, lists and values replace.
+    key by key, lists and values replace. ``replace: [optimizer, scheduler]`` beside ``base:``
+    takes those sections (dotted keys too) from this file whole instead of merging them into the
+    base's, so that keys of the base's section that this one lacks do not carry over (an
+    Adafactor variant of an AdamW recipe).
     """
     here = os.path.abspath(yaml_path)
     if here in chain:
         raise ConfigError([f"'base:' recipes form a cycle: {' -> '.join(chain + (here,))}; remove one of the 'base:' keys."])
     loaded = _load_yaml_file(yaml_path)
     parent = loaded.pop('base', None)
+    replace = loaded.pop('replace', None)
     if parent is None:
+        if replace is not None:
+            raise ConfigError([f"'replace' in '{yaml_path}' needs a 'base:' recipe whose sections it replaces; add base: <recipe.yaml> "
+                               "or remove 'replace'."])
         return loaded
     if not isinstance(parent, str):
         raise ConfigError([f"'base' in '{yaml_path}' must be the path of another recipe (relative to it), e.g. base: pt_base.yaml."])
     parent_path = os.path.join(os.path.dirname(here), parent)
     if not os.path.isfile(parent_path):
         raise ConfigError([f"'base: {parent}' in '{yaml_path}' names no file ({parent_path}); give a path relative to '{yaml_path}'."])
-    return OmegaConf.merge(_load_recipe(parent_path, chain + (here,)), loaded)
+    inherited = _load_recipe(parent_path, chain + (here,))
+    for key in _replaced_keys(replace, loaded, yaml_path):
+        parent_key, _, leaf = key.rpartition('.')
+        holder = OmegaConf.select(inherited, parent_key) if parent_key else inherited
+        if isinstance(holder, DictConfig) and leaf in holder:
+            del holder[leaf]
+    return OmegaConf.merge(inherited, loaded)
+
+
+def _replaced_keys(replace: Any, loaded: Any, yaml_path: str) -> list[str]:
+    """The dotted keys of ``replace:``, each of which this recipe must set itself."""
+    if replace is None:
+        return []
+    if not (isinstance(replace, ListConfig) and all(isinstance(k, str) for k in replace)):
+        raise ConfigError([f"'replace' in '{yaml_path}' must be a list of keys whose sections this file gives whole, "
+                           f'e.g. replace: [optimizer, scheduler]; got {replace!r}.'])
+    missing = [k for k in replace if OmegaConf.select(loaded, k, default=_ABSENT, throw_on_resolution_failure=False) is _ABSENT]
+    if missing:
+        raise ConfigError([f"'replace' in '{yaml_path}' names {', '.join(repr(k) for k in missing)}, which the file does not set; "
+                           'give the whole section in the file, or remove it from the list (use ~key overrides to drop a key).'])
+    return list(replace)
+
+
+_ABSENT = object()
 
 
 def _resolve(yaml_path: str | None, overrides: Sequence[str] = (), base: dict | None = None) -> dict:
