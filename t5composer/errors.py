@@ -5,9 +5,11 @@ The entry points print these after ``error:`` instead of a traceback. Imports no
 
 from __future__ import annotations
 
+import difflib
 import errno
+from typing import Iterable
 
-__all__ = ['describe_os_error', 'format_bytes', 'os_error_advice']
+__all__ = ['closest', 'describe_os_error', 'format_bytes', 'os_error_advice']
 
 _ADVICE = {
     errno.EACCES: 'check its permissions, or choose a location you can write to',
@@ -22,6 +24,13 @@ _ADVICE = {
     errno.ENAMETOOLONG: 'the path is too long; choose a shorter one',
     errno.EMFILE: 'too many files are open; raise the limit (ulimit -n) or use fewer dataloader workers',
 }
+
+
+def closest(key: str, valid: Iterable[str]) -> str:
+    """The "did you mean" hint of every message that names an unknown key or name: ``" Did you mean 'x'?"``,
+    or ``''`` when nothing in ``valid`` is close to ``key``."""
+    match = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.5)
+    return f" Did you mean '{match[0]}'?" if match else ''
 
 
 def os_error_advice(error: OSError) -> str:

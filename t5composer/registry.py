@@ -7,10 +7,11 @@ takes from its signature, so a typo in a YAML fails at build time with the list 
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable
 from typing import Any
+
+from t5composer.errors import closest
 
 __all__ = ['Registry', 'builder_options', 'check_options']
 
@@ -52,9 +53,7 @@ class Registry(dict):
     def lookup(self, name: str) -> Callable:
         """The builder registered as ``name``; a ValueError naming the closest one otherwise."""
         if name not in self:
-            close = difflib.get_close_matches(name, list(self), n=1)
-            hint = f'; did you mean {close[0]!r}?' if close else ''
-            raise ValueError(f'unknown {self.kind} {name!r}{hint} Registered: {", ".join(sorted(self))}')
+            raise ValueError(f'unknown {self.kind} {name!r}.{closest(name, self)} Registered: {", ".join(sorted(self))}.')
         return self[name]
 
 
@@ -84,9 +83,7 @@ def check_options(valid: list[str], given: Any, *, what: str) -> None:
     """Raise a ValueError for the first key of ``given`` not in ``valid`` (with a hint)."""
     for key in given:
         if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=1)
-            hint = f' (did you mean {close[0]!r}?)' if close else ''
-            raise ValueError(f'unknown option {key!r} for {what}{hint}; valid options: {", ".join(valid) or "none"}')
+            raise ValueError(f'unknown option {key!r} for {what}.{closest(key, valid)} Valid options: {", ".join(valid) or "none"}.')
 
 
 def section_name_and_key_problems(section: str, name: str, registry: Any, *, options: list[str], open_ended: bool,
@@ -106,7 +103,7 @@ def section_name_and_key_problems(section: str, name: str, registry: Any, *, opt
         A message for an unknown name (with the closest registered one), or one per unknown key,
         each naming the entry whose options it is not among; empty if neither.
     """
-    from t5composer.config.validation import check_keys, closest
+    from t5composer.config.validation import check_keys
 
     if name not in registry:
         return [f"'{section}.name' {name!r} is not a registered {what}.{closest(name, registry)} "

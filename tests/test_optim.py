@@ -284,7 +284,7 @@ def test_optimizer_kwargs_are_passed():
 
 
 def test_unknown_optimizer_name():
-    with pytest.raises(ValueError, match=r"unknown optimizer 'adamwscal'.*did you mean 'adamwscale'.*adafactor, adamw"):
+    with pytest.raises(ValueError, match=r"unknown optimizer 'adamwscal'.*Did you mean 'adamwscale'.*adafactor, adamw"):
         build_optimizer(TinyT5Block(), name='adamwscal', lr=1e-3)
 
 

@@ -207,7 +207,7 @@ def test_build_scheduler():
 
 
 def test_build_scheduler_errors():
-    with pytest.raises(ValueError, match=r"unknown scheduler 'cosin'.*did you mean 'cosine'.*constant, cosine, inverse_sqrt, legacy"):
+    with pytest.raises(ValueError, match=r"unknown scheduler 'cosin'.*Did you mean 'cosine'.*constant, cosine, inverse_sqrt, legacy"):
         build_scheduler('cosin', base_lr=BASE)
     with pytest.raises(ValueError, match=r"unknown option 'warmup' for scheduler 'cosine'.*t_warmup"):
         build_scheduler('cosine', base_lr=BASE, warmup='100ba')

@@ -8,10 +8,11 @@ raised together so a user fixes a YAML file in one pass.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from typing import Any, Literal, Union
+
+from t5composer.errors import closest
 
 __all__ = ['ConfigError', 'closest', 'from_dict', 'check_keys', 'required']
 
@@ -28,12 +29,6 @@ class ConfigError(ValueError):
 def required() -> Any:
     """A dataclass field the user must set (dataclasses need a default after other defaults)."""
     return dataclasses.field(default=None, metadata={'required': True})
-
-
-def closest(key: str, valid: typing.Iterable[str]) -> str:
-    """A 'did you mean' hint for ``key`` among ``valid`` (empty string if nothing is close)."""
-    match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
-    return f" Did you mean '{match[0]}'?" if match else ''
 
 
 def check_keys(given: typing.Iterable[str], valid: typing.Iterable[str], where: str) -> list[str]:

@@ -7,12 +7,13 @@ override it to 0.0 (as nanoT5 does).
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import os
 from typing import Any
 
 import transformers
+
+from t5composer.errors import closest
 
 __all__ = ['T5_V1_1_PRESETS', 'load_model_config', 'preset_names']
 
@@ -86,9 +87,7 @@ def _check_overrides(overrides: dict[str, Any]) -> None:
     for key in overrides:
         if key in valid:
             continue
-        close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.5)
-        hint = f" Did you mean '{close[0]}'?" if close else ''
-        raise ValueError(f"Unknown T5Config override '{key}'.{hint}")
+        raise ValueError(f"Unknown T5Config override '{key}'.{closest(key, valid)}")
 
 
 def _base_config_dict(name_or_path: str) -> dict[str, Any]:
