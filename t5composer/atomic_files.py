@@ -8,12 +8,14 @@ removed and the target is left as it was. This module imports nothing from the p
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Callable
 
-__all__ = ['PARTIAL_PREFIX', 'fsync_dir', 'replace_directory', 'write_atomically']
+__all__ = ['PARTIAL_PREFIX', 'fsync_dir', 'install_directory', 'moved_aside_name', 'replace_directory', 'write_atomically']
 
 # Hidden temporaries start with this; checkpoint recovery removes leftovers of killed writers.
 PARTIAL_PREFIX = '.partial-'
@@ -33,19 +35,26 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def write_atomically(filename: str | os.PathLike, write: Callable[[str], None]) -> None:
+def write_atomically(filename: str | os.PathLike, write: Callable[[str], None], *, durable: bool = True) -> None:
     """Call ``write(tmp_path)`` and move the result to ``filename`` only once it is complete.
 
-    The temporary file sits beside the target under a hidden name that no checkpoint pattern
-    matches. On any error it is removed and the error re-raised, so a full disk leaves neither a
-    half file nor a valid-looking name behind.
+    The temporary file sits beside the target under a hidden name of this process and thread
+    that no checkpoint pattern matches. On any error it is removed and the error re-raised, so a
+    full disk leaves neither a half file nor a valid-looking name behind. Writers racing to put
+    the same content at ``filename`` are safe: the last rename wins, every reader sees a whole file.
+
+    Args:
+        filename: the target.
+        write: writes the content to the path it is given.
+        durable: fsync the file and the directory (off for caches that can be made again).
     """
     folder, base = os.path.split(os.path.abspath(filename))
-    tmp = os.path.join(folder, f'{PARTIAL_PREFIX}{os.getpid()}-{base}')
+    tmp = os.path.join(folder, f'{PARTIAL_PREFIX}{os.getpid()}-{threading.get_ident()}-{base}')
     try:
         write(tmp)
-        with open(tmp, 'rb+') as f:
-            os.fsync(f.fileno())
+        if durable:
+            with open(tmp, 'rb+') as f:
+                os.fsync(f.fileno())
         os.replace(tmp, filename)
     except BaseException:
         try:
@@ -53,7 +62,8 @@ def write_atomically(filename: str | os.PathLike, write: Callable[[str], None]) 
         except FileNotFoundError:
             pass
         raise
-    fsync_dir(folder)
+    if durable:
+        fsync_dir(folder)
 
 
 def replace_directory(dest: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
@@ -70,21 +80,53 @@ def replace_directory(dest: str | os.PathLike, fill: Callable[[Path], None]) -> 
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f'{PARTIAL_PREFIX}{os.getpid()}-{dest.name}'
-    old = dest.parent / f'{PARTIAL_PREFIX}{os.getpid()}-old-{dest.name}'
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    moved_aside = False
     try:
         fill(tmp)
+        install_directory(tmp, dest, replace=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def moved_aside_name(dest: str | os.PathLike) -> Path:
+    """Where :func:`install_directory` keeps ``dest``'s old content between its two renames."""
+    dest = Path(dest)
+    return dest.parent / f'{PARTIAL_PREFIX}{os.getpid()}-old-{dest.name}'
+
+
+def install_directory(tmp: str | os.PathLike, dest: str | os.PathLike, *, replace: bool) -> bool:
+    """Give a complete directory ``tmp`` (beside ``dest``) the name ``dest``, atomically.
+
+    Args:
+        tmp: the finished directory, on ``dest``'s filesystem.
+        dest: its name from now on.
+        replace: an existing ``dest`` is replaced (its old content moved aside, then deleted; put
+            back if the second rename fails). Without it an existing ``dest`` is kept.
+
+    Returns:
+        True when ``tmp`` is now ``dest``; False when ``dest`` existed (or another process put it
+        there first) and ``replace`` is off: ``tmp`` is left to the caller.
+    """
+    tmp, dest = Path(tmp), Path(dest)
+    if dest.exists() and not replace:
+        return False
+    old = moved_aside_name(dest)
+    moved_aside = False
+    try:
         if dest.exists():
+            shutil.rmtree(old, ignore_errors=True)
             os.rename(dest, old)
             moved_aside = True
         os.rename(tmp, dest)
-    except BaseException:
+    except OSError as e:
         if moved_aside and not dest.exists():
             os.rename(old, dest)  # put the old content back
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not replace and e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            return False  # another process installed it first
         raise
     shutil.rmtree(old, ignore_errors=True)
     fsync_dir(dest.parent)
-    return dest
+    return True

@@ -522,16 +522,16 @@ def _materialise_tokenizer(files: dict[str, bytes]) -> str:
     digest = hashlib.sha256(b''.join(name.encode() + data for name, data in sorted(files.items()))).hexdigest()[:16]
     out = os.path.join(cache_dir(), 'tokenizers', digest)
     if not os.path.isdir(out):
-        tmp = f'{out}.tmp-{os.getpid()}'
+        import shutil
+
+        from t5composer.atomic_files import PARTIAL_PREFIX, install_directory
+
+        tmp = os.path.join(os.path.dirname(out), f'{PARTIAL_PREFIX}{os.getpid()}-{os.path.basename(out)}')
         os.makedirs(tmp, exist_ok=True)
         for name, data in files.items():
             with open(os.path.join(tmp, name), 'wb') as f:
                 f.write(data)
-        try:
-            os.rename(tmp, out)  # atomic: another process may have won the race, which is fine
-        except OSError:
-            import shutil
-
+        if not install_directory(tmp, out, replace=False):  # another process won the race: the same files
             shutil.rmtree(tmp, ignore_errors=True)
     return out
 

@@ -419,7 +419,7 @@ def test_read_only_splits_are_read_without_a_lock_and_unpacking_needs_a_writable
     with pytest.raises(streaming.DataReadError, match=f'Cannot unpack shard {data / "train" / shard_names(data / "train")[0]} beside it '
                                                       r'\(PermissionError.*must be writable then'):
         list(_loader(data))
-    assert not [p for p in (data / 'train').iterdir() if '.tmp-' in p.name]  # no temporary file left
+    assert not [p for p in (data / 'train').iterdir() if p.name.startswith('.partial-') or '.tmp' in p.name]  # no temporary file left
 
 
 # ---------------------------------------------------------------------------------- two jobs at once

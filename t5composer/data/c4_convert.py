@@ -374,9 +374,13 @@ def convert_c4(
 
 
 def _remove_dead_conversions(out: Path) -> None:
-    """Remove ``.{split}.tmp-<pid>`` folders of conversions that were killed (their process is gone)."""
-    for path in out.glob('.*.tmp-*'):
-        pid = path.name.rsplit('-', 1)[-1]
+    """Remove ``.{split}.tmp-<pid>`` folders (and old splits moved aside, ``.partial-<pid>-old-<split>``)
+    of conversions that were killed (their process is gone)."""
+    from t5composer.atomic_files import PARTIAL_PREFIX
+
+    leftovers = [(p, p.name.rsplit('-', 1)[-1]) for p in out.glob('.*.tmp-*')]
+    leftovers += [(p, p.name[len(PARTIAL_PREFIX):].split('-', 1)[0]) for p in out.glob(f'{PARTIAL_PREFIX}*-old-*')]
+    for path, pid in leftovers:
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
@@ -530,13 +534,7 @@ def _worker_pool(num_workers: int, encoder: Any, eos_id: int) -> Any:
 
 def _move_into_place(tmp: Path, dest: Path, *, overwrite: bool) -> None:
     """Rename the finished temp dir to ``dest``, replacing an old ``dest`` only if allowed."""
-    if dest.exists():
-        if not overwrite:
-            raise FileExistsError(f'{dest} appeared during conversion; pass --overwrite to replace it.')
-        old = dest.parent / f'.{dest.name}.old-{os.getpid()}'
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(dest, old)
-        os.rename(tmp, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, dest)
+    from t5composer.atomic_files import install_directory
+
+    if not install_directory(tmp, dest, replace=overwrite):
+        raise FileExistsError(f'{dest} appeared during conversion; pass --overwrite to replace it.')

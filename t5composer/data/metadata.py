@@ -10,6 +10,7 @@ import datetime
 import json
 import os
 import shlex
+from pathlib import Path
 from typing import Any, Mapping, Optional
 
 __all__ = [
@@ -117,12 +118,11 @@ def write_split_metadata(split_dir: str | os.PathLike, meta: Mapping[str, Any]) 
     Returns:
         The file's path.
     """
+    from t5composer.atomic_files import write_atomically
+
     path = os.path.join(os.fspath(split_dir), META_FILENAME)
-    tmp = f'{path}.tmp-{os.getpid()}'
-    with open(tmp, 'w', encoding='utf-8') as f:
-        json.dump(dict(meta), f, indent=2, ensure_ascii=False)
-        f.write('\n')
-    os.replace(tmp, path)
+    text = json.dumps(dict(meta), indent=2, ensure_ascii=False) + '\n'
+    write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding='utf-8'))
     return path
 
 

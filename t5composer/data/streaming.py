@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 import time
+from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import numpy as np
@@ -23,6 +23,7 @@ from streaming import Stream, StreamingDataset
 from streaming.base.stream import streams_registry
 from torch.utils.data import DataLoader
 
+from t5composer.atomic_files import write_atomically
 from t5composer.config.validation import ConfigError
 from t5composer.data.locations import is_remote, split_location
 from t5composer.data.span_corruption import SpanCorruptionCollator
@@ -102,16 +103,10 @@ class CheckedStream(Stream):
             data = decompress(compression, data)
         except Exception as e:  # zstd.Error and the other codecs' own types
             raise _damaged(f'Shard {zip_filename} cannot be decompressed', split_dir, e) from e
-        tmp = f'{raw_filename}.tmp-{os.getpid()}-{threading.get_ident()}'
         try:
-            with open(tmp, 'wb') as out:
-                out.write(data)
-            os.replace(tmp, raw_filename)  # atomic: another job may have put the same bytes there already
+            # Atomic (another job may put the same bytes there at the same moment); not fsynced: a cache.
+            write_atomically(raw_filename, lambda tmp: Path(tmp).write_bytes(data), durable=False)
         except OSError as e:
-            try:
-                os.remove(tmp)
-            except OSError:
-                pass
             raise DataReadError(
                 f'Cannot unpack shard {zip_filename} beside it ({type(e).__name__}: {e}). Streaming unpacks each '
                 f'compressed shard into the split directory the first time it is read, so {split_dir} must be writable '
