@@ -43,7 +43,8 @@
 #      the scaling case (recipes/benchmark.py --only scaling --device cuda), eager bf16:
 #      small/base/large at batch 32, base at batches 16-128 and lengths 128-2048; time-boxed at 300 s.
 # Knobs (environment): MODEL_VARIANTS, MODEL_MICROBATCH, MODEL_REPEATS (5), LOOP_STEPS (60),
-# LOOP_ATTN (sdpa), LOOP_PROBE (the loop_probe windows, key=value), RESULTS_DIR (bench/results),
+# LOOP_ATTN (sdpa), LOOP_PROBE (the loop_probe windows, key=value), LOOP_BARE_VARIANT (the model case's row the
+# loop is compared with: sdpa+compile+opt; sdpa+opt for an eager loop, LOOP_OVERRIDES=compile=false), RESULTS_DIR (bench/results),
 # SKIP_MODEL=1, SKIP_OPT=1, SKIP_LOOP=1, OPTIONS=1, OPTIONS_VARIANTS, SCALING=1, SCALING_ARGS
 # (extra --scaling-* options); for the CPU test of part 4 (tests/test_bench_model.py)
 # LOOP_TOKENIZER, LOOP_INPUT_LENGTH, LOOP_OVERRIDES (extra key=value overrides of the run) and OPT_ARGS.
@@ -133,7 +134,8 @@ if [ "${SKIP_LOOP:-0}" != 1 ]; then
         grep -E '^\[train\]|Error|error' "$OUT/loop.log" | tail -20
         "$PY" -m t5composer.bench.train_loop report --log "$OUT/loop.log" \
             --model-json "$OUT/model.json" --model-log "$OUT/model.log" --probe-json "$OUT/loop_probe.json" \
-            --optimizer-json "$OUT/optimizer.json" --results-dir "${RESULTS_DIR:-bench/results}" | tee "$OUT/loop_report.md"
+            --optimizer-json "$OUT/optimizer.json" --results-dir "${RESULTS_DIR:-bench/results}" \
+            --variant "${LOOP_BARE_VARIANT:-sdpa+compile+opt}" | tee "$OUT/loop_report.md"
         RESULT=$(sed -n 's/^wrote //p' "$OUT/loop_report.md" | tail -1)
         [ -n "$RESULT" ] && [ -f "$RESULT" ] && cp "$RESULT" "$OUT/"
     fi
