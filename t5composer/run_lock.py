@@ -25,10 +25,11 @@ import os
 import socket
 from dataclasses import dataclass
 
-__all__ = ['LOCK_FILENAME', 'RunLock', 'RunLockedError', 'acquire_run_lock']
+__all__ = ['LOCKS_UNSUPPORTED', 'LOCK_FILENAME', 'RunLock', 'RunLockedError', 'acquire_run_lock', 'still_at']
 
 LOCK_FILENAME = '.t5composer-run.lock'
-_UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS)
+# What fcntl.lockf raises on a filesystem without record locks (some NFS mounts, FUSE).
+LOCKS_UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS)
 
 
 class RunLockedError(RuntimeError):
@@ -131,11 +132,11 @@ def acquire_run_lock(folder: str) -> RunLock:
             except OSError as e:
                 if e.errno in (errno.EACCES, errno.EAGAIN):
                     raise _refusal(folder, path) from None
-                if e.errno not in _UNSUPPORTED:
+                if e.errno not in LOCKS_UNSUPPORTED:
                     raise
                 if _claimed_by_live_process(path):  # no kernel locks here: trust a live pid of this host
                     raise _refusal(folder, path) from None
-            if not _still_linked(fd, path):
+            if not still_at(fd, path):
                 os.close(fd)  # the holder unlinked it as we opened it: lock the new file instead
                 continue
             info = {'pid': os.getpid(), 'host': socket.gethostname(),
@@ -150,8 +151,10 @@ def acquire_run_lock(folder: str) -> RunLock:
         return RunLock(folder=folder, path=path)
 
 
-def _still_linked(fd: int, path: str) -> bool:
+def still_at(fd: int, path: str) -> bool:
+    """Is the file open as ``fd`` still the one at ``path``? (A lock taken on a file that was just
+    unlinked or renamed aside protects nothing: the caller opens the new one and locks again.)"""
     try:
-        return os.fstat(fd).st_ino == os.stat(path).st_ino
+        return os.path.samestat(os.fstat(fd), os.stat(path))
     except FileNotFoundError:
         return False

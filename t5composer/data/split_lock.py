@@ -31,6 +31,8 @@ import tempfile
 import time
 from typing import Callable, Iterator, Optional
 
+from t5composer.run_lock import LOCKS_UNSUPPORTED, still_at
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -41,7 +43,6 @@ __all__ = [
 READER_LOCK_FILENAME = '.t5composer-readers.lock'
 _MACHINE_LOCK_FILENAME = 't5composer-streaming-registration.lock'
 _BUSY = (errno.EACCES, errno.EAGAIN)
-_UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS)
 _NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 # Lock file (real path) -> the descriptor holding this process's shared lock on it, until exit.
@@ -133,15 +134,11 @@ def hold_reader_lock(split_dir: str) -> bool:
                     f'{holder}): reading it now would mix old and new data. Wait for the conversion to finish and start '
                     'again, or point data.local at another copy of the data.',
                 ) from None
-            if e.errno in _UNSUPPORTED:
+            if e.errno in LOCKS_UNSUPPORTED:
                 log.debug('The filesystem of %s has no record locks; reading it without one.', split_dir)
                 return False
             raise
-        try:
-            same = os.path.samestat(os.fstat(fd), os.stat(path))
-        except OSError:
-            same = False
-        if same:
+        if still_at(fd, path):
             _READERS[key] = fd
             return True
         os.close(fd)  # locked a split that was just moved aside; lock the one now in its place
@@ -184,7 +181,7 @@ def replacing_split(split_dir: str) -> Iterator[None]:
         except OSError as e:
             if e.errno in _BUSY:
                 raise refusal(_held_by(path, fd)) from None
-            if e.errno not in _UNSUPPORTED:
+            if e.errno not in LOCKS_UNSUPPORTED:
                 raise
             log.warning('The filesystem of %s has no record locks: cannot tell whether a running job reads it.', split_dir)
         yield
