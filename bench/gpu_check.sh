@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU part of the performance table, in one run on a single H100/H200 machine (no network
 # there; its own PyTorch 2.11 and transformers 5.x). Target: under 8 minutes; parts 2-4 are
-# time-boxed (200 s, 60 s, 170 s), so the whole stays under ~8 minutes even when compiling is slow.
+# time-boxed (LOOP_BOX 240 s, OPT_BOX 90 s, MODEL_BOX 130 s), so the whole stays under ~8 minutes
+# even when compiling is slow.
 #
 #   here:   bash bench/fetch_wheels.sh          # Composer/Streaming wheels + T5 tokenizer -> bench/wheels
 #   there:  bash bench/gpu_check.sh [OUT_DIR]   # device tool: carry ["bench/wheels"], timeout_s 600
@@ -10,27 +11,26 @@
 #   1. environment: GPU, torch, transformers; bench/wheels installed with --no-deps into a
 #      --target directory on PYTHONPATH (without them only the SDPA kernel and projection-fusion
 #      checks run: every other part imports Composer).
-#   2. the model case (recipes/benchmark.py --only model --device cuda): T5 v1.1-base, batch 128
+#   2. the real Composer loop, first (it is the headline, and it fills the compile cache the other
+#      parts reuse): LOOP_STEPS (60) steps of yamls/pt_base.yaml (bf16 + compile) on synthetic MDS
+#      rows of 568 tokens, through the launcher as a user runs it, with the loop_probe callback:
+#      batches 21-28 under torch.cuda.set_sync_debug_mode('warn') (every wait for the GPU left in
+#      a steady batch, by the line that makes it) and batches 31-38 under torch.profiler (the
+#      fraction of the wall time the GPU ran no kernel, top kernels by GPU time).
+#   3. the optimizer case (--only optimizer --device cuda): nanoT5's per-parameter AdamWScale
+#      against ours, eager (multi-tensor) and compiled, at T5-base shapes, with the compile time.
+#   4. the model case (recipes/benchmark.py --only model --device cuda): T5 v1.1-base, batch 128
 #      (MODEL_MICROBATCH rows per forward, default 128), bf16 autocast: the bare training step
 #      sdpa+compile+opt (forward, backward, clipping, the compiled adamwscale step) and
 #      sdpa+compile (forward and backward only): step time, tokens/s, MFU vs the bf16 peak, peak
 #      memory; before the table, which SDPA kernel runs T5's biased self-attention and its
-#      cross-attention. (Against transformers' T5: part 5.)
-#   3. the optimizer case (--only optimizer --device cuda): nanoT5's per-parameter AdamWScale
-#      against ours, eager and compiled, at T5-base shapes; the report gives each one's share of
-#      the bare step.
-#   4. the real Composer loop: LOOP_STEPS (60) steps of yamls/pt_base.yaml (bf16 + compile) on
-#      synthetic MDS rows of 568 tokens, through the launcher as a user runs it, with the
-#      loop_probe callback: batches 21-28 under torch.cuda.set_sync_debug_mode('warn') (every
-#      wait for the GPU left in a steady batch, by the line that makes it) and batches 31-38 under
-#      torch.profiler (GPU idle fraction of the wall time, top kernels by GPU time). Then the
-#      report: bare step and loop side by side (s/step, tokens/s, MFU; the loop's s/step is the
+#      cross-attention. (Against transformers' T5: part 6.)
+#   5. the report: bare step and loop side by side (s/step, tokens/s, MFU; the loop's s/step is the
 #      median of the 10-step windows after the first, which compiles, leaving out the two the probe
 #      watched), the loop's overhead (target < 5%), the waits, the profile, the optimizer rows; all
-#      of it also in one JSON file,
-#      bench/results/<gpu>-<date>.json, copied into OUT_DIR.
-#   5. only with OPTIONS=1, as a second run (SKIP_MODEL=1 SKIP_OPT=1 SKIP_LOOP=1 OPTIONS=1): the
-#      model step's options, each against sdpa+compile from part 2 (which the defaults keep until
+#      of it also in one JSON file, bench/results/<gpu>-<date>.json, copied into OUT_DIR.
+#   6. only with OPTIONS=1, as a second run (SKIP_MODEL=1 SKIP_OPT=1 SKIP_LOOP=1 OPTIONS=1): the
+#      model step's options, each against sdpa+compile from part 4 (which the defaults keep until
 #      these are measured): hf+compile (transformers' T5 with the same weights and flags: the
 #      >= 1.3x target), eager sdpa and hf, flex+compile (FlexAttention, the bias table in a
 #      score_mod; also checked against SDPA's logits and gradients), sdpa+closs (the fp32
@@ -39,15 +39,17 @@
 #      time-boxed at 480 s (rows printed before the limit stand). OPTIONS_VARIANTS changes the list;
 #      MODEL_MICROBATCH=64 etc. show what a smaller microbatch costs (the peak memory column says
 #      how much room the 128 rows leave).
-#   6. only with SCALING=1 (e.g. a second run with SKIP_MODEL=1 SKIP_OPT=1 SKIP_LOOP=1 SCALING=1):
+#   7. only with SCALING=1 (e.g. a second run with SKIP_MODEL=1 SKIP_OPT=1 SKIP_LOOP=1 SCALING=1):
 #      the scaling case (recipes/benchmark.py --only scaling --device cuda), eager bf16:
 #      small/base/large at batch 32, base at batches 16-128 and lengths 128-2048; time-boxed at 300 s.
 # Knobs (environment): MODEL_VARIANTS, MODEL_MICROBATCH, MODEL_REPEATS (5), LOOP_STEPS (60),
-# LOOP_ATTN (sdpa), LOOP_PROBE (the loop_probe windows, key=value), LOOP_BARE_VARIANT (the model case's row the
-# loop is compared with: sdpa+compile+opt; sdpa+opt for an eager loop, LOOP_OVERRIDES=compile=false), RESULTS_DIR (bench/results),
-# SKIP_MODEL=1, SKIP_OPT=1, SKIP_LOOP=1, OPTIONS=1, OPTIONS_VARIANTS, SCALING=1, SCALING_ARGS
-# (extra --scaling-* options); for the CPU test of part 4 (tests/test_bench_model.py)
-# LOOP_TOKENIZER, LOOP_INPUT_LENGTH, LOOP_OVERRIDES (extra key=value overrides of the run) and OPT_ARGS.
+# LOOP_ATTN (sdpa), LOOP_PROBE (the loop_probe windows, key=value), LOOP_BARE_VARIANT (the model
+# case's row the loop is compared with: sdpa+compile+opt; sdpa+compile+eageropt for a loop with
+# LOOP_OVERRIDES=optimizer.compiled=false, sdpa+opt for an eager loop, LOOP_OVERRIDES=compile=false),
+# LOOP_BOX, OPT_BOX, MODEL_BOX (seconds), RESULTS_DIR (bench/results), SKIP_MODEL=1, SKIP_OPT=1,
+# SKIP_LOOP=1, OPTIONS=1, OPTIONS_VARIANTS, SCALING=1, SCALING_ARGS (extra --scaling-* options);
+# for the CPU test of part 2 (tests/test_bench_model.py) LOOP_TOKENIZER, LOOP_INPUT_LENGTH,
+# LOOP_OVERRIDES (extra key=value overrides of the run) and OPT_ARGS.
 # Where Composer is already installed (a development machine) nothing is installed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -90,25 +92,7 @@ PY
     exit 1
 fi
 
-# ---- 2. the model case ---------------------------------------------------------------------
-if [ "${SKIP_MODEL:-0}" != 1 ]; then
-    say "model case"
-    VARIANTS=${MODEL_VARIANTS:-sdpa+compile+opt,sdpa+compile}
-    timeout 200 "$PY" recipes/benchmark.py --only model --device cuda --warmup 2 --repeats "${MODEL_REPEATS:-5}" \
-        --model-variants "$VARIANTS" ${MODEL_MICROBATCH:+--model-microbatch "$MODEL_MICROBATCH"} \
-        --json "$OUT/model.json" 2>&1 | grep -v -E 'UserWarning|warnings.warn' | tee "$OUT/model.log"
-    say "model case done (exit ${PIPESTATUS[0]}; 124 = stopped at its time limit, the rows printed so far stand)"
-fi
-
-# ---- 3. the optimizer case -----------------------------------------------------------------
-if [ "${SKIP_OPT:-0}" != 1 ]; then
-    say "optimizer case"
-    timeout 60 "$PY" recipes/benchmark.py --only optimizer --device cuda --warmup 3 --repeats 10 ${OPT_ARGS:-} \
-        --json "$OUT/optimizer.json" 2>&1 | grep -v -E 'UserWarning|warnings.warn' | tee "$OUT/optimizer.log"
-    say "optimizer case done (exit ${PIPESTATUS[0]})"
-fi
-
-# ---- 4. the Composer loop ------------------------------------------------------------------
+# ---- 2. the Composer loop (first: it is the headline, and it fills the compile cache) ------------------------------------------------------------------
 if [ "${SKIP_LOOP:-0}" != 1 ]; then
     TOK=${LOOP_TOKENIZER:-bench/wheels/t5-tokenizer}
     STEPS=${LOOP_STEPS:-60}
@@ -124,7 +108,7 @@ if [ "${SKIP_LOOP:-0}" != 1 ]; then
         for kv in ${LOOP_PROBE:-sync_start=21 sync_steps=8 profile_start=31 profile_steps=8}; do
             PROBE+=("callbacks.loop_probe.$kv")
         done
-        timeout 170 "$PY" -m composer.cli.launcher -n 1 recipes/train.py yamls/pt_base.yaml \
+        timeout "${LOOP_BOX:-240}" "$PY" -m composer.cli.launcher -n 1 recipes/train.py yamls/pt_base.yaml \
             variables.data_local="$WORK/data" tokenizer.name="$TOK" data.eval_split=null \
             max_duration="${STEPS}ba" scheduler.t_warmup=10ba callbacks.nanot5_log.interval=10 \
             model.attn_impl="${LOOP_ATTN:-sdpa}" data.input_length="$INPUT_LENGTH" autoresume=false '~save_folder' \
@@ -132,15 +116,36 @@ if [ "${SKIP_LOOP:-0}" != 1 ]; then
             ${LOOP_OVERRIDES:-} > "$OUT/loop.log" 2>&1
         say "Composer loop done (exit $?)"
         grep -E '^\[train\]|Error|error' "$OUT/loop.log" | tail -20
-        "$PY" -m t5composer.bench.train_loop report --log "$OUT/loop.log" \
-            --model-json "$OUT/model.json" --model-log "$OUT/model.log" --probe-json "$OUT/loop_probe.json" \
-            --optimizer-json "$OUT/optimizer.json" --results-dir "${RESULTS_DIR:-bench/results}" \
-            --variant "${LOOP_BARE_VARIANT:-sdpa+compile+opt}" | tee "$OUT/loop_report.md"
-        RESULT=$(sed -n 's/^wrote //p' "$OUT/loop_report.md" | tail -1)
-        [ -n "$RESULT" ] && [ -f "$RESULT" ] && cp "$RESULT" "$OUT/"
     fi
 fi
-# ---- 5. the model step's options (OPTIONS=1) -----------------------------------------------
+# ---- 3. the optimizer case -----------------------------------------------------------------
+if [ "${SKIP_OPT:-0}" != 1 ]; then
+    say "optimizer case"
+    timeout "${OPT_BOX:-90}" "$PY" recipes/benchmark.py --only optimizer --device cuda --warmup 3 --repeats 10 ${OPT_ARGS:-} \
+        --json "$OUT/optimizer.json" 2>&1 | grep -v -E 'UserWarning|warnings.warn' | tee "$OUT/optimizer.log"
+    say "optimizer case done (exit ${PIPESTATUS[0]})"
+fi
+
+# ---- 4. the model case ---------------------------------------------------------------------
+if [ "${SKIP_MODEL:-0}" != 1 ]; then
+    say "model case"
+    VARIANTS=${MODEL_VARIANTS:-sdpa+compile+opt,sdpa+compile}
+    timeout "${MODEL_BOX:-130}" "$PY" recipes/benchmark.py --only model --device cuda --warmup 2 --repeats "${MODEL_REPEATS:-5}" \
+        --model-variants "$VARIANTS" ${MODEL_MICROBATCH:+--model-microbatch "$MODEL_MICROBATCH"} \
+        --json "$OUT/model.json" 2>&1 | grep -v -E 'UserWarning|warnings.warn' | tee "$OUT/model.log"
+    say "model case done (exit ${PIPESTATUS[0]}; 124 = stopped at its time limit, the rows printed so far stand)"
+fi
+
+# ---- 5. the report: bare step and loop side by side, the waits, the profile, the optimizer rows
+if [ -f "$OUT/loop.log" ]; then
+    "$PY" -m t5composer.bench.train_loop report --log "$OUT/loop.log" \
+        --model-json "$OUT/model.json" --model-log "$OUT/model.log" --probe-json "$OUT/loop_probe.json" \
+        --optimizer-json "$OUT/optimizer.json" --results-dir "${RESULTS_DIR:-bench/results}" \
+        --variant "${LOOP_BARE_VARIANT:-sdpa+compile+opt}" | tee "$OUT/loop_report.md"
+    RESULT=$(sed -n 's/^wrote //p' "$OUT/loop_report.md" | tail -1)
+    [ -n "$RESULT" ] && [ -f "$RESULT" ] && cp "$RESULT" "$OUT/"
+fi
+# ---- 6. the model step's options (OPTIONS=1) -----------------------------------------------
 if [ "${OPTIONS:-0}" = 1 ]; then
     say "model step options"
     timeout 480 "$PY" recipes/benchmark.py --only model --device cuda --warmup 2 --repeats "${MODEL_REPEATS:-5}" \
@@ -149,7 +154,7 @@ if [ "${OPTIONS:-0}" = 1 ]; then
         --json "$OUT/model_options.json" 2>&1 | grep -v -E 'UserWarning|warnings.warn' | tee "$OUT/model_options.log"
     say "model step options done (exit ${PIPESTATUS[0]}; 124 = stopped at its time limit, the rows printed so far stand)"
 fi
-# ---- 6. scaling (SCALING=1) ----------------------------------------------------------------
+# ---- 7. scaling (SCALING=1) ----------------------------------------------------------------
 if [ "${SCALING:-0}" = 1 ]; then
     say "scaling case"
     timeout 300 "$PY" recipes/benchmark.py --only scaling --device cuda --warmup 1 --repeats 3 ${SCALING_ARGS:-} \

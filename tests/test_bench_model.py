@@ -173,7 +173,7 @@ def tokenizer_dir(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_gpu_check_loop_part_runs_on_cpu(tmp_path, tokenizer_dir):
-    """Part 3 of bench/gpu_check.sh (synthetic data, Composer launcher, report) at tiny size on CPU."""
+    """Parts 2 and 5 of bench/gpu_check.sh (synthetic data, Composer launcher, report) at tiny size on CPU."""
     env = dict(os.environ)
     env.update(
         SKIP_MODEL='1', SKIP_OPT='1', LOOP_STEPS='16', LOOP_INPUT_LENGTH='64', LOOP_TOKENIZER=str(tokenizer_dir),
@@ -203,3 +203,12 @@ def test_gpu_check_loop_part_runs_on_cpu(tmp_path, tokenizer_dir):
     saved = json.loads(result.read_text())
     assert saved['loop_probe'] == probe and saved['side_by_side'][0]['what'] == 'Composer loop'
     assert 'sync debug mode: not available here' in report and 'loop profile (batches [9, 11])' in report
+
+
+def test_the_loop_probe_counts_overlapping_device_work_once():
+    from t5composer.bench.loop_probe import busy_us
+
+    assert busy_us([]) == 0.0
+    assert busy_us([(0, 10), (20, 25)]) == 15.0
+    # Overlapping (two streams) and nested intervals count once; order does not matter.
+    assert busy_us([(5, 12), (0, 10), (2, 3), (30, 31), (11, 14)]) == 15.0

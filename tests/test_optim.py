@@ -419,3 +419,59 @@ def test_the_flag_is_consumed_by_one_step():
     assert torch.equal(param, torch.ones(3)) and float(opt.state[param]['step']) == 0
     opt.step()  # no flag handed: a plain step
     assert not torch.equal(param, torch.ones(3)) and float(opt.state[param]['step']) == 1
+
+
+def _per_tensor_reference_step(optimizer: AdamWScale, found) -> None:
+    """The previous eager AdamWScale step, one tensor at a time (the ops of nanoT5's loop), for the bitwise check."""
+    for group in optimizer.param_groups:
+        b1, b2 = group['betas']
+        lr = torch.tensor(group['lr'], dtype=torch.float64)
+        decay = (-lr * group['weight_decay']).to(torch.float32) if group['weight_decay'] > 0 else None
+        for p in group['params']:
+            state = optimizer.state[p]
+            if not state:
+                state.update(step=torch.zeros(()), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+            g, m, v, step = p.grad, state['exp_avg'], state['exp_avg_sq'], state['step']
+            r = torch._foreach_norm([p.detach()], 2.0)[0] / math.sqrt(p.numel())
+            step.add_(1 if found is None else ~found)
+            t = step.double()
+            size = r.clamp_min(1e-3) * (lr * torch.sqrt(1.0 - b2**t) / (1.0 - b1**t)).to(r.dtype)
+            m_new = (m * b1).add_(g, alpha=1.0 - b1)
+            v_new = (v * b2).addcmul_(g, g, value=1.0 - b2)
+            p_new = torch.sub(p.detach(), m_new.div(v_new.sqrt().add_(group['eps'])).mul_(size))
+            if decay is not None:
+                p_new.add_(p_new * decay)
+            keep = torch.tensor(True) if found is None else ~found
+            for old, new in ((m, m_new), (v, v_new), (p.detach(), p_new)):
+                torch.where(keep, new, old, out=old)
+
+
+@pytest.mark.parametrize('chunked', [False, True], ids=['cpu_slices', 'device_chunks'])
+def test_eager_step_is_bitwise_the_per_tensor_step(monkeypatch, chunked):
+    # The multi-tensor eager step changes how the kernels are issued, not the arithmetic: on a CPU
+    # (where PyTorch runs a multi-tensor op tensor by tensor) it equals the previous per-tensor step
+    # bit for bit, sliced as on a CPU or in the multi-tensor chunks other devices use.
+    import t5composer.optim.adamwscale as adamwscale
+
+    if chunked:
+        monkeypatch.setattr(adamwscale, '_in_cpu_slices', lambda device: False)
+        monkeypatch.setattr(adamwscale, '_DEVICE_CHUNK', 3000)  # several chunks, one tensor larger than a chunk
+    groups, ref_groups = _groups_of_params(), _groups_of_params()
+    grads = _gradients(groups, steps=4)
+    ours, reference = AdamWScale(groups, lr=2e-2), AdamWScale(ref_groups, lr=2e-2)
+    flags = [None, torch.tensor(False), torch.tensor(True), torch.tensor(False)]
+    for k, (step_grads, flag) in enumerate(zip(grads, flags)):
+        for opt, grp_list in ((ours, groups), (reference, ref_groups)):
+            for p, grad in zip((p for grp in grp_list for p in grp['params']), step_grads):
+                p.grad = grad.clone() if flag is None or not bool(flag) else torch.full_like(grad, float('nan'))
+            for grp in opt.param_groups:
+                grp['lr'] = 2e-2 * (k + 1) / len(grads)
+        if flag is not None:
+            ours.skip_next_step_if(flag)
+        ours.step()
+        _per_tensor_reference_step(reference, flag)
+        for grp, ref_grp in zip(groups, ref_groups):
+            for p, q in zip(grp['params'], ref_grp['params']):
+                assert torch.equal(p, q), k
+                for name in ('step', 'exp_avg', 'exp_avg_sq'):
+                    assert torch.equal(ours.state[p][name], reference.state[q][name]), (k, name)

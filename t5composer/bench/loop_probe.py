@@ -126,14 +126,26 @@ class LoopProbe(Callback):
         profile = self.report['profile']
         profile.update({'wall_s_per_batch': wall / steps})
         if self._cuda:
-            # The device's own events (kernels, copies); CPU operators also report their kernels' time.
-            device_us = [(r.key, _self_device_us(r), r.count) for r in rows
-                         if str(getattr(r, 'device_type', '')).endswith('CUDA') and _self_device_us(r) > 0]
-            busy = sum(us for _, us, _ in device_us) / 1e6
+            # The device's kernels and copies; a range named on the host (``record_function``, the
+            # optimizer's step) also appears on the device's timeline spanning its kernels and the gaps
+            # between them: it is listed apart and counts for neither the busy time nor the top kernels.
+            events = [e for e in self._profiler.events() if str(getattr(e, 'device_type', '')).endswith('CUDA')]
+            kernels = [e for e in events if not getattr(e, 'is_user_annotation', False)]
+            spans: collections.Counter = collections.Counter()
+            for e in events:
+                if getattr(e, 'is_user_annotation', False):
+                    spans[e.name] += e.time_range.end - e.time_range.start
+            per_name: dict[str, list[float]] = {}
+            for e in kernels:
+                entry = per_name.setdefault(e.name, [0.0, 0])
+                entry[0] += e.time_range.end - e.time_range.start
+                entry[1] += 1
+            busy = busy_us([(e.time_range.start, e.time_range.end) for e in kernels]) / 1e6
             profile.update({
                 'gpu_busy_s_per_batch': busy / steps, 'gpu_idle_fraction': max(0.0, 1.0 - busy / wall),
                 'top': [{'name': k[:120], 'ms_per_batch': us / 1e3 / steps, 'share_of_busy': us / 1e6 / busy if busy else None,
-                         'calls_per_batch': n / steps} for k, us, n in sorted(device_us, key=lambda x: -x[1])[:self.top]],
+                         'calls_per_batch': n / steps} for k, (us, n) in sorted(per_name.items(), key=lambda x: -x[1][0])[:self.top]],
+                'host_ranges_on_device': [{'name': k[:120], 'ms_per_batch': us / 1e3 / steps} for k, us in spans.most_common(5)],
             })
         else:
             cpu = sorted(((r.key, r.self_cpu_time_total, r.count) for r in rows), key=lambda x: -x[1])[:self.top]
@@ -151,9 +163,14 @@ class LoopProbe(Callback):
             json.dump(self.report, f, indent=1)
 
 
-def _self_device_us(row: Any) -> float:
-    # torch 2.x renamed the CUDA columns to "device"; the GPU machine runs a newer torch than this one.
-    return float(getattr(row, 'self_device_time_total', None) or getattr(row, 'self_cuda_time_total', 0.0) or 0.0)
+def busy_us(intervals: list[tuple[float, float]]) -> float:
+    """The length of the union of ``(start, end)`` intervals: time the device ran anything (streams may overlap)."""
+    total, reach = 0.0, float('-inf')
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
 
 
 def _short(path: str) -> str:

@@ -15,7 +15,8 @@ each optionally followed by flags: ``+compile`` (``torch.compile`` of the module
 static), ``+closs`` (compile the fp32 cross-entropy together with the model, where Composer
 compiles the model's forward only), ``+opt`` (the whole bare training step: also gradient
 clipping at norm 1.0 and an adamwscale step taking the non-finite flag, as the loop runs them,
-compiled with ``+compile``: what Composer's loop adds its overhead to). On CPU
+compiled with ``+compile``: what Composer's loop adds its overhead to), ``+eageropt`` (``+opt`` with
+the optimizer's eager multi-tensor step even when compiling, as ``optimizer.compiled: false`` runs). On CPU
 every variant runs for each thread count of ``--model-threads``, and the variants' steps are
 interleaved (a changing load hits them alike); on CUDA each variant runs in turn. Under
 transformers 5, which ties the lm_head of every freshly built T5, the transformers model's lm_head
@@ -233,7 +234,7 @@ def _flex_diffs(model_cls: Any, config: Any, device: str, impls: tuple[str, ...]
 
 
 # Variant flags; those of the second line imply 'compile'.
-FLAGS = ('compile', 'ckpt', 'opt',
+FLAGS = ('compile', 'ckpt', 'opt', 'eageropt',
          'autotune', 'cudagraphs', 'closs')
 COMPILE_FLAGS = {'autotune', 'cudagraphs', 'closs'}
 
@@ -246,6 +247,8 @@ def _parse_variant(spec: str) -> tuple[str, set[str]]:
     if unknown:
         raise ValueError(f'unknown flags {sorted(unknown)} in model variant {spec!r} ({", ".join(FLAGS)})')
     flags = set(flags)
+    if 'eageropt' in flags:
+        flags.add('opt')
     if flags & COMPILE_FLAGS:
         flags.add('compile')  # a compile mode, or the loss in the compiled function, means compiling
     return impl, flags
@@ -329,7 +332,7 @@ def build_variant(
         from t5composer.optim import build_optimizer
 
         # pt_base's optimizer, compiled with the model as compile: true does.
-        optimizer = build_optimizer(model, name='adamwscale', lr=2e-2, compile_step='compile' in flags)
+        optimizer = build_optimizer(model, name='adamwscale', lr=2e-2, compile_step='compile' in flags and 'eageropt' not in flags)
     params = [p for p in model.parameters() if p.requires_grad]
     n = batch['input_ids'].shape[0]
     chunks = [{k: v[i:i + microbatch] for k, v in batch.items()} for i in range(0, n, microbatch)]

@@ -215,7 +215,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             reset_peak_memory(device)
             times[name] = [timed(steps[name]) for _ in range(args.repeats)]
             peaks[name] = peak_memory_mib(device)
-            print(f'  [optimizer] {name}: {statistics.median(times[name]) * 1e3:,.1f} ms/step', flush=True)
+            print(f'  [optimizer] {name}: {statistics.median(times[name]) * 1e3:,.1f} ms/step (first step {first[name]:.1f} s)',
+                  flush=True)
             del steps[name]
             gc.collect()
             torch.cuda.empty_cache()

@@ -37,7 +37,8 @@ def adamwscale_step_sizes(
     """Advance each parameter's step count (unless ``found``) and return its step size, all on the device.
 
     ``step_size = lr * sqrt(1 - b2^t) / (1 - b1^t) * max(1e-3, RMS(p))``, the bias correction in
-    float64 as the Python floats it replaces, then in the parameter's dtype.
+    float64 as the Python floats it replaces, then in the parameters' dtype. The scalars of all
+    the tensors are one vector, so a step issues a handful of kernels here, not a dozen per tensor.
 
     Args:
         steps: per parameter, its step count (0-dim float32 tensor, updated in place).
@@ -46,14 +47,14 @@ def adamwscale_step_sizes(
         found: 0-dim bool tensor; where true the counts stay; None: always count.
         beta1, beta2: the group's betas.
     """
-    keep = None if found is None else ~found
-    sizes = []
-    for step, r in zip(steps, rms):
-        step.add_(1 if keep is None else keep)
-        t = step.double()
-        bias_corrected_lr = lr * torch.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
-        sizes.append(r.clamp_min(1e-3) * bias_corrected_lr.to(r.dtype))
-    return sizes
+    if found is None:
+        torch._foreach_add_(steps, 1.0)
+    else:  # a list of the one 0-dim flag: the list form traces under torch.compile
+        torch._foreach_add_(steps, [(~found).to(steps[0].dtype)] * len(steps))
+    t = torch.stack(steps).double()
+    bias_corrected_lr = lr * torch.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
+    r = torch.stack(rms)  # a group mixing dtypes gets the widest one's scalars
+    return list((r.clamp_min(1e-3) * bias_corrected_lr.to(r.dtype)).unbind())
 
 
 def adamwscale_apply(
@@ -71,6 +72,9 @@ def adamwscale_apply(
 ) -> None:
     """The elementwise part of the step, in place: moments, then weights (any slices of them).
 
+    Multi-tensor (``torch._foreach_*``) ops over the lists: on a GPU each op is a few kernels for
+    all the tensors; on a CPU PyTorch runs it as the same op tensor by tensor.
+
     Args:
         params, grads, exp_avgs, exp_avg_sqs: per tensor (or slice of one): the weights, their
             gradients and the two moments (updated in place).
@@ -81,43 +85,75 @@ def adamwscale_apply(
             None: always step.
         beta1, beta2, eps: the group's hyperparameters.
     """
-    for p, g, m, v, step_size in zip(params, grads, exp_avgs, exp_avg_sqs, step_sizes):
-        if found is None:
-            m.mul_(beta1).add_(g, alpha=1.0 - beta1)
-            v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
-            p.sub_(m.div(v.sqrt().add_(eps)).mul_(step_size))
-            if decay is not None:
-                p.add_(p * decay)  # decoupled decay on the already-updated weights, as in nanoT5
-            continue
-        # A skipped step must leave every bit as it was, and the gradients may be NaN: select, don't scale.
-        m_new = (m * beta1).add_(g, alpha=1.0 - beta1)
-        v_new = (v * beta2).addcmul_(g, g, value=1.0 - beta2)
-        p_new = torch.sub(p, m_new.div(v_new.sqrt().add_(eps)).mul_(step_size))
+    if found is None:
+        torch._foreach_mul_(exp_avgs, beta1)
+        torch._foreach_add_(exp_avgs, grads, alpha=1.0 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+        torch._foreach_sub_(params, _scaled_updates(exp_avgs, exp_avg_sqs, step_sizes, eps))
         if decay is not None:
-            p_new.add_(p_new * decay)
-        torch.where(found, m, m_new, out=m)
-        torch.where(found, v, v_new, out=v)
-        torch.where(found, p, p_new, out=p)
+            torch._foreach_add_(params, torch._foreach_mul(params, decay))  # decoupled, on the updated weights (nanoT5)
+        return
+    # A skipped step must leave every bit as it was, and the gradients may be NaN: select, don't scale.
+    m_new = torch._foreach_mul(exp_avgs, beta1)
+    torch._foreach_add_(m_new, grads, alpha=1.0 - beta1)
+    v_new = torch._foreach_mul(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(v_new, grads, grads, value=1.0 - beta2)
+    p_new = torch._foreach_sub(params, _scaled_updates(m_new, v_new, step_sizes, eps))
+    if decay is not None:
+        torch._foreach_add_(p_new, torch._foreach_mul(p_new, decay))
+    for old, new in zip((*exp_avgs, *exp_avg_sqs, *params), (*m_new, *v_new, *p_new)):
+        torch.where(found, old, new, out=old)
+
+
+def _scaled_updates(exp_avgs: list[torch.Tensor], exp_avg_sqs: list[torch.Tensor], step_sizes: list[torch.Tensor],
+                    eps: float) -> list[torch.Tensor]:
+    """``step_size * m / (sqrt(v) + eps)`` per tensor, in nanoT5's order of operations."""
+    denominators = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_add_(denominators, eps)
+    updates = torch._foreach_div(exp_avgs, denominators)
+    torch._foreach_mul_(updates, step_sizes)
+    return updates
 
 
 # Eagerly on a CPU, a tensor's update runs in slices of this many elements (1 MiB of fp32): the
 # temporaries of a slice stay in the cache and are reused, where whole-tensor temporaries of a
 # large weight (an embedding: 99 MB) are fresh memory, faulted in page by page, at every step.
 _CPU_SLICE = 1 << 18
+# On other devices the tensors step together in chunks of at most this many elements, which bounds
+# the temporaries of a skippable step (four chunk-sized lists) at a few hundred MB for any model.
+_DEVICE_CHUNK = 1 << 26
 
 
-def _apply_in_slices(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
-                     exp_avg_sqs: list[torch.Tensor], step_sizes: list[torch.Tensor], decay: Optional[torch.Tensor],
-                     found: Optional[torch.Tensor], *, beta1: float, beta2: float, eps: float) -> None:
-    """:func:`adamwscale_apply` run eagerly (same ops, same results), in slices on a CPU."""
-    for tensors in zip(params, grads, exp_avgs, exp_avg_sqs, step_sizes):
-        p = tensors[0]
-        if p.device.type == 'cpu' and p.numel() > _CPU_SLICE and all(t.is_contiguous() for t in tensors[:4]):
-            slices = [t.view(-1).split(_CPU_SLICE) for t in tensors[:4]]
-            columns = [*slices, [tensors[4]] * len(slices[0])]
-        else:
-            columns = [[t] for t in tensors]
-        adamwscale_apply(*columns, decay, found, beta1=beta1, beta2=beta2, eps=eps)
+def _in_cpu_slices(device: torch.device) -> bool:
+    return device.type == 'cpu'
+
+
+def _apply_eagerly(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
+                   exp_avg_sqs: list[torch.Tensor], step_sizes: list[torch.Tensor], decay: Optional[torch.Tensor],
+                   found: Optional[torch.Tensor], *, beta1: float, beta2: float, eps: float) -> None:
+    """:func:`adamwscale_apply` run eagerly: on a CPU slice by slice, elsewhere in multi-tensor chunks."""
+    rows = list(zip(params, grads, exp_avgs, exp_avg_sqs, step_sizes))
+    kwargs = {'beta1': beta1, 'beta2': beta2, 'eps': eps}
+    if params and _in_cpu_slices(params[0].device):
+        for tensors in rows:
+            if tensors[0].numel() > _CPU_SLICE and all(t.is_contiguous() for t in tensors[:4]):
+                slices = [t.view(-1).split(_CPU_SLICE) for t in tensors[:4]]
+                for piece in zip(*slices):
+                    adamwscale_apply(*([t] for t in piece), [tensors[4]], decay, found, **kwargs)
+            else:
+                adamwscale_apply(*([t] for t in tensors), decay, found, **kwargs)
+        return
+    chunk: list[tuple[torch.Tensor, ...]] = []
+    size = 0
+    for tensors in rows:
+        if chunk and size + tensors[0].numel() > _DEVICE_CHUNK:
+            adamwscale_apply(*map(list, zip(*chunk)), decay, found, **kwargs)
+            chunk, size = [], 0
+        chunk.append(tensors)
+        size += tensors[0].numel()
+    if chunk:
+        adamwscale_apply(*map(list, zip(*chunk)), decay, found, **kwargs)
 
 
 class AdamWScale(Optimizer):
@@ -177,12 +213,12 @@ class AdamWScale(Optimizer):
             _validate(lr=group['lr'], betas=group['betas'], eps=group['eps'], weight_decay=group['weight_decay'])
         self._found: Optional[torch.Tensor] = None
         self._lr: dict[int, torch.Tensor] = {}  # per group: its lr as a device tensor, refilled every step
-        self._numels: Optional[torch.Tensor] = None  # sharded: this process's element counts, made once
+        self._numels: dict[tuple, torch.Tensor] = {}  # element counts as device vectors, per list of tensors
         # Compiled, the step sizes (per-tensor scalars) and the elementwise update are two graphs:
         # in one, inductor would recompute the scalars inside every tensor's loop.
         fuse = functools.partial(torch.compile, fullgraph=True, dynamic=False)
         self._step_sizes = fuse(adamwscale_step_sizes) if self.compiled else adamwscale_step_sizes
-        self._apply = fuse(adamwscale_apply) if self.compiled else _apply_in_slices
+        self._apply = fuse(adamwscale_apply) if self.compiled else _apply_eagerly
 
     def skip_next_step_if(self, found: torch.Tensor) -> None:
         """Make the next :meth:`step` leave weights, moments and step counts unchanged if ``found`` is true.
@@ -200,14 +236,24 @@ class AdamWScale(Optimizer):
         import torch.distributed as dist
 
         norms = torch._foreach_norm([p.detach() for p in params], 2.0)
-        if not (self.sharded_params and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            return [n / math.sqrt(p.numel()) for n, p in zip(norms, params)]
-        if self._numels is None or self._numels.numel() != len(params):
-            # Made once: a tensor built from host numbers every step would wait for the device.
-            self._numels = torch.tensor([float(p.numel()) for p in params], device=norms[0].device)
-        totals = torch.stack([torch.stack([n.float().square() for n in norms]), self._numels])
+        sharded = self.sharded_params and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        numels = self._numels_on_device(params, norms[0].device, torch.float32 if sharded else norms[0].dtype, root=not sharded)
+        if not sharded:
+            return list((torch.stack(norms) / numels).unbind())
+        totals = torch.stack([torch.stack([n.float().square() for n in norms]), numels])
         dist.all_reduce(totals)
         return list((totals[0] / totals[1].clamp_min(1.0)).sqrt().unbind())
+
+    def _numels_on_device(self, params: list[torch.Tensor], device: torch.device, dtype: torch.dtype, *, root: bool) -> torch.Tensor:
+        """The element counts of ``params`` (their square roots with ``root``) as a device vector, made once per list.
+
+        A tensor built from host numbers at every step would wait for the device (a pageable copy).
+        """
+        key = (tuple(p.numel() for p in params), device, dtype, root)
+        vector = self._numels.get(key)
+        if vector is None:
+            vector = self._numels[key] = torch.tensor([math.sqrt(k) if root else float(k) for k in key[0]], dtype=dtype, device=device)
+        return vector
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
