@@ -10,7 +10,7 @@
 #   1. environment: GPU, torch, transformers; bench/wheels installed with --no-deps into a
 #      --target directory on PYTHONPATH (without them only the SDPA kernel and projection-fusion
 #      checks run: every other part imports Composer).
-#   2. the model case (recipes/benchmark.py --only model --device cuda): T5 v1.1-base, batch 128
+#   2. the model case (python -m bench --only model --device cuda): T5 v1.1-base, batch 128
 #      (MODEL_MICROBATCH rows per forward, default 128), bf16 autocast: the bare training step
 #      sdpa+compile+opt (forward, backward, clipping, the compiled adamwscale step) and
 #      sdpa+compile (forward and backward only): step time, tokens/s, MFU vs the bf16 peak, peak
@@ -40,7 +40,7 @@
 #      MODEL_MICROBATCH=64 etc. show what a smaller microbatch costs (the peak memory column says
 #      how much room the 128 rows leave).
 #   6. only with SCALING=1 (e.g. a second run with SKIP_MODEL=1 SKIP_OPT=1 SKIP_LOOP=1 SCALING=1):
-#      the scaling case (recipes/benchmark.py --only scaling --device cuda), eager bf16:
+#      the scaling case (python -m bench --only scaling --device cuda), eager bf16:
 #      small/base/large at batch 32, base at batches 16-128 and lengths 128-2048; time-boxed at 300 s.
 # Knobs (environment): MODEL_VARIANTS, MODEL_MICROBATCH, MODEL_REPEATS (5), LOOP_STEPS (60),
 # LOOP_ATTN (sdpa), LOOP_PROBE (the loop_probe windows, key=value), LOOP_BARE_VARIANT (the model case's row the
@@ -48,9 +48,14 @@
 # SKIP_MODEL=1, SKIP_OPT=1, SKIP_LOOP=1, OPTIONS=1, OPTIONS_VARIANTS, SCALING=1, SCALING_ARGS
 # (extra --scaling-* options); for the CPU test of part 4 (tests/test_bench_model.py)
 # LOOP_TOKENIZER, LOOP_INPUT_LENGTH, LOOP_OVERRIDES (extra key=value overrides of the run) and OPT_ARGS.
-# Where Composer is already installed (a development machine) nothing is installed.
+# Where Composer is already installed (a development machine) nothing is installed (t5composer itself
+# never is: this checkout is put on PYTHONPATH).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# This checkout's t5composer for every process (recipes/train.py under the launcher too): the
+# package need not be installed there, and an installed one elsewhere is not what is measured.
+# `python -m bench` finds bench/ in the working directory, the repository root.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 OUT=${1:-${OUT:-/tmp/gpu_check}}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -81,7 +86,7 @@ if [ "$HAVE_COMPOSER" != 1 ]; then
     say "no usable bench/wheels (run bash bench/fetch_wheels.sh here and carry bench/wheels): running only the checks that need no Composer"
     "$PY" - <<'PY' 2>&1 | tee "$OUT/kernels.log"
 import torch
-from t5composer.bench.model import projection_fusion_check, sdpa_kernel_check
+from bench.model import projection_fusion_check, sdpa_kernel_check
 for which, info in sdpa_kernel_check('cuda', dtype=torch.bfloat16).items():
     print(f'SDPA {which}: default runs {info["default"]}; accepts {info["accepts"]}')
 print('projections fwd+bwd ms (T5-base, 128 x 512 tokens):',
@@ -94,7 +99,7 @@ fi
 if [ "${SKIP_MODEL:-0}" != 1 ]; then
     say "model case"
     VARIANTS=${MODEL_VARIANTS:-sdpa+compile+opt,sdpa+compile}
-    timeout 200 "$PY" recipes/benchmark.py --only model --device cuda --warmup 2 --repeats "${MODEL_REPEATS:-5}" \
+    timeout 200 "$PY" -m bench --only model --device cuda --warmup 2 --repeats "${MODEL_REPEATS:-5}" \
         --model-variants "$VARIANTS" ${MODEL_MICROBATCH:+--model-microbatch "$MODEL_MICROBATCH"} \
         --json "$OUT/model.json" 2>&1 | grep -v -E 'UserWarning|warnings.warn' | tee "$OUT/model.log"
     say "model case done (exit ${PIPESTATUS[0]}; 124 = stopped at its time limit, the rows printed so far stand)"
@@ -103,7 +108,7 @@ fi
 # ---- 3. the optimizer case -----------------------------------------------------------------
 if [ "${SKIP_OPT:-0}" != 1 ]; then
     say "optimizer case"
-    timeout 60 "$PY" recipes/benchmark.py --only optimizer --device cuda --warmup 3 --repeats 10 ${OPT_ARGS:-} \
+    timeout 60 "$PY" -m bench --only optimizer --device cuda --warmup 3 --repeats 10 ${OPT_ARGS:-} \
         --json "$OUT/optimizer.json" 2>&1 | grep -v -E 'UserWarning|warnings.warn' | tee "$OUT/optimizer.log"
     say "optimizer case done (exit ${PIPESTATUS[0]})"
 fi
@@ -117,7 +122,7 @@ if [ "${SKIP_LOOP:-0}" != 1 ]; then
         say "no $TOK (bench/fetch_wheels.sh saves it): skipping the Composer loop"
     else
         say "Composer loop: synthetic data"
-        "$PY" -m t5composer.bench.train_loop prepare --out "$WORK/data" --tokenizer "$TOK" \
+        "$PY" -m bench.train_loop prepare --out "$WORK/data" --tokenizer "$TOK" \
             --input-length "$INPUT_LENGTH" --rows $(( (STEPS + 30) * 128 )) 2>&1 | grep -v Warning
         say "Composer loop: $STEPS steps of yamls/pt_base.yaml"
         PROBE=()
@@ -132,7 +137,7 @@ if [ "${SKIP_LOOP:-0}" != 1 ]; then
             ${LOOP_OVERRIDES:-} > "$OUT/loop.log" 2>&1
         say "Composer loop done (exit $?)"
         grep -E '^\[train\]|Error|error' "$OUT/loop.log" | tail -20
-        "$PY" -m t5composer.bench.train_loop report --log "$OUT/loop.log" \
+        "$PY" -m bench.train_loop report --log "$OUT/loop.log" \
             --model-json "$OUT/model.json" --model-log "$OUT/model.log" --probe-json "$OUT/loop_probe.json" \
             --optimizer-json "$OUT/optimizer.json" --results-dir "${RESULTS_DIR:-bench/results}" \
             --variant "${LOOP_BARE_VARIANT:-sdpa+compile+opt}" | tee "$OUT/loop_report.md"
@@ -143,7 +148,7 @@ fi
 # ---- 5. the model step's options (OPTIONS=1) -----------------------------------------------
 if [ "${OPTIONS:-0}" = 1 ]; then
     say "model step options"
-    timeout 480 "$PY" recipes/benchmark.py --only model --device cuda --warmup 2 --repeats "${MODEL_REPEATS:-5}" \
+    timeout 480 "$PY" -m bench --only model --device cuda --warmup 2 --repeats "${MODEL_REPEATS:-5}" \
         --model-variants "${OPTIONS_VARIANTS:-sdpa+compile,hf+compile,sdpa,hf,flex+compile,sdpa+closs,sdpa+cudagraphs,sdpa+autotune}" \
         ${MODEL_MICROBATCH:+--model-microbatch "$MODEL_MICROBATCH"} \
         --json "$OUT/model_options.json" 2>&1 | grep -v -E 'UserWarning|warnings.warn' | tee "$OUT/model_options.log"
@@ -152,7 +157,7 @@ fi
 # ---- 6. scaling (SCALING=1) ----------------------------------------------------------------
 if [ "${SCALING:-0}" = 1 ]; then
     say "scaling case"
-    timeout 300 "$PY" recipes/benchmark.py --only scaling --device cuda --warmup 1 --repeats 3 ${SCALING_ARGS:-} \
+    timeout 300 "$PY" -m bench --only scaling --device cuda --warmup 1 --repeats 3 ${SCALING_ARGS:-} \
         --json "$OUT/scaling.json" 2>&1 | grep -v -E 'UserWarning|warnings.warn' | tee "$OUT/scaling.log"
     say "scaling case done (exit ${PIPESTATUS[0]}; 124 = stopped at its time limit, the rows printed so far stand)"
 fi
