@@ -19,7 +19,7 @@
 #      fraction of the wall time the GPU ran no kernel, top kernels by GPU time).
 #   3. the optimizer case (--only optimizer --device cuda): nanoT5's per-parameter AdamWScale
 #      against ours, eager (multi-tensor) and compiled, at T5-base shapes, with the compile time.
-#   4. the model case (recipes/benchmark.py --only model --device cuda): T5 v1.1-base, batch 128
+#   4. the model case (python -m bench --only model --device cuda): T5 v1.1-base, batch 128
 #      (MODEL_MICROBATCH rows per forward, default 128), bf16 autocast: the bare training step
 #      sdpa+compile+opt (forward, backward, clipping, the compiled adamwscale step) and
 #      sdpa+compile (forward and backward only): step time, tokens/s, MFU vs the bf16 peak, peak
@@ -40,7 +40,7 @@
 #      MODEL_MICROBATCH=64 etc. show what a smaller microbatch costs (the peak memory column says
 #      how much room the 128 rows leave).
 #   7. only with SCALING=1 (e.g. a second run with SKIP_MODEL=1 SKIP_OPT=1 SKIP_LOOP=1 SCALING=1):
-#      the scaling case (recipes/benchmark.py --only scaling --device cuda), eager bf16:
+#      the scaling case (python -m bench --only scaling --device cuda), eager bf16:
 #      small/base/large at batch 32, base at batches 16-128 and lengths 128-2048; time-boxed at 300 s.
 # Knobs (environment): MODEL_VARIANTS, MODEL_MICROBATCH, MODEL_REPEATS (5), LOOP_STEPS (60),
 # LOOP_ATTN (sdpa), LOOP_PROBE (the loop_probe windows, key=value), LOOP_BARE_VARIANT (the model
@@ -50,9 +50,14 @@
 # SKIP_LOOP=1, OPTIONS=1, OPTIONS_VARIANTS, SCALING=1, SCALING_ARGS (extra --scaling-* options);
 # for the CPU test of part 2 (tests/test_bench_model.py) LOOP_TOKENIZER, LOOP_INPUT_LENGTH,
 # LOOP_OVERRIDES (extra key=value overrides of the run) and OPT_ARGS.
-# Where Composer is already installed (a development machine) nothing is installed.
+# Where Composer is already installed (a development machine) nothing is installed (t5composer itself
+# never is: this checkout is put on PYTHONPATH).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# This checkout's t5composer for every process (recipes/train.py under the launcher too): the
+# package need not be installed there, and an installed one elsewhere is not what is measured.
+# `python -m bench` finds bench/ in the working directory, the repository root.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 OUT=${1:-${OUT:-/tmp/gpu_check}}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -83,7 +88,7 @@ if [ "$HAVE_COMPOSER" != 1 ]; then
     say "no usable bench/wheels (run bash bench/fetch_wheels.sh here and carry bench/wheels): running only the checks that need no Composer"
     "$PY" - <<'PY' 2>&1 | tee "$OUT/kernels.log"
 import torch
-from t5composer.bench.model import projection_fusion_check, sdpa_kernel_check
+from bench.model import projection_fusion_check, sdpa_kernel_check
 for which, info in sdpa_kernel_check('cuda', dtype=torch.bfloat16).items():
     print(f'SDPA {which}: default runs {info["default"]}; accepts {info["accepts"]}')
 print('projections fwd+bwd ms (T5-base, 128 x 512 tokens):',
@@ -101,7 +106,7 @@ if [ "${SKIP_LOOP:-0}" != 1 ]; then
         say "no $TOK (bench/fetch_wheels.sh saves it): skipping the Composer loop"
     else
         say "Composer loop: synthetic data"
-        "$PY" -m t5composer.bench.train_loop prepare --out "$WORK/data" --tokenizer "$TOK" \
+        "$PY" -m bench.train_loop prepare --out "$WORK/data" --tokenizer "$TOK" \
             --input-length "$INPUT_LENGTH" --rows $(( (STEPS + 30) * 128 )) 2>&1 | grep -v Warning
         say "Composer loop: $STEPS steps of yamls/pt_base.yaml"
         PROBE=()
@@ -121,7 +126,7 @@ fi
 # ---- 3. the optimizer case -----------------------------------------------------------------
 if [ "${SKIP_OPT:-0}" != 1 ]; then
     say "optimizer case"
-    timeout "${OPT_BOX:-90}" "$PY" recipes/benchmark.py --only optimizer --device cuda --warmup 3 --repeats 10 ${OPT_ARGS:-} \
+    timeout "${OPT_BOX:-90}" "$PY" -m bench --only optimizer --device cuda --warmup 3 --repeats 10 ${OPT_ARGS:-} \
         --json "$OUT/optimizer.json" 2>&1 | grep -v -E 'UserWarning|warnings.warn' | tee "$OUT/optimizer.log"
     say "optimizer case done (exit ${PIPESTATUS[0]})"
 fi
@@ -130,7 +135,7 @@ fi
 if [ "${SKIP_MODEL:-0}" != 1 ]; then
     say "model case"
     VARIANTS=${MODEL_VARIANTS:-sdpa+compile+opt,sdpa+compile}
-    timeout "${MODEL_BOX:-130}" "$PY" recipes/benchmark.py --only model --device cuda --warmup 2 --repeats "${MODEL_REPEATS:-5}" \
+    timeout "${MODEL_BOX:-130}" "$PY" -m bench --only model --device cuda --warmup 2 --repeats "${MODEL_REPEATS:-5}" \
         --model-variants "$VARIANTS" ${MODEL_MICROBATCH:+--model-microbatch "$MODEL_MICROBATCH"} \
         --json "$OUT/model.json" 2>&1 | grep -v -E 'UserWarning|warnings.warn' | tee "$OUT/model.log"
     say "model case done (exit ${PIPESTATUS[0]}; 124 = stopped at its time limit, the rows printed so far stand)"
@@ -138,7 +143,7 @@ fi
 
 # ---- 5. the report: bare step and loop side by side, the waits, the profile, the optimizer rows
 if [ -f "$OUT/loop.log" ]; then
-    "$PY" -m t5composer.bench.train_loop report --log "$OUT/loop.log" \
+    "$PY" -m bench.train_loop report --log "$OUT/loop.log" \
         --model-json "$OUT/model.json" --model-log "$OUT/model.log" --probe-json "$OUT/loop_probe.json" \
         --optimizer-json "$OUT/optimizer.json" --results-dir "${RESULTS_DIR:-bench/results}" \
         --variant "${LOOP_BARE_VARIANT:-sdpa+compile+opt}" | tee "$OUT/loop_report.md"
@@ -148,7 +153,7 @@ fi
 # ---- 6. the model step's options (OPTIONS=1) -----------------------------------------------
 if [ "${OPTIONS:-0}" = 1 ]; then
     say "model step options"
-    timeout 480 "$PY" recipes/benchmark.py --only model --device cuda --warmup 2 --repeats "${MODEL_REPEATS:-5}" \
+    timeout 480 "$PY" -m bench --only model --device cuda --warmup 2 --repeats "${MODEL_REPEATS:-5}" \
         --model-variants "${OPTIONS_VARIANTS:-sdpa+compile,hf+compile,sdpa,hf,flex+compile,sdpa+closs,sdpa+cudagraphs,sdpa+autotune}" \
         ${MODEL_MICROBATCH:+--model-microbatch "$MODEL_MICROBATCH"} \
         --json "$OUT/model_options.json" 2>&1 | grep -v -E 'UserWarning|warnings.warn' | tee "$OUT/model_options.log"
@@ -157,7 +162,7 @@ fi
 # ---- 7. scaling (SCALING=1) ----------------------------------------------------------------
 if [ "${SCALING:-0}" = 1 ]; then
     say "scaling case"
-    timeout 300 "$PY" recipes/benchmark.py --only scaling --device cuda --warmup 1 --repeats 3 ${SCALING_ARGS:-} \
+    timeout 300 "$PY" -m bench --only scaling --device cuda --warmup 1 --repeats 3 ${SCALING_ARGS:-} \
         --json "$OUT/scaling.json" 2>&1 | grep -v -E 'UserWarning|warnings.warn' | tee "$OUT/scaling.log"
     say "scaling case done (exit ${PIPESTATUS[0]}; 124 = stopped at its time limit, the rows printed so far stand)"
 fi

@@ -5,12 +5,7 @@
     python recipes/evaluate.py yamls/ft_sni_base.yaml model.init=hf model.name=google/t5-v1_1-base
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from t5composer.cli import evaluate_main  # noqa: E402
+from t5composer.cli import evaluate_main as main
 
 if __name__ == '__main__':
-    sys.exit(evaluate_main(sys.argv[1:]))
+    raise SystemExit(main())

@@ -5,12 +5,7 @@
     python recipes/train.py yamls/demo.yaml          # one process, no launcher needed
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from t5composer.cli import train_main  # noqa: E402
+from t5composer.cli import train_main as main
 
 if __name__ == '__main__':
-    sys.exit(train_main(sys.argv[1:]))
+    raise SystemExit(main())

@@ -9,17 +9,7 @@ Exit status 0: intact; 1: damaged (each bad shard is named, with the command tha
 split); 2: no split at that path.
 """
 
-from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-try:
-    import t5composer  # noqa: F401
-except ImportError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from t5composer.data.verify import verify_main as main  # noqa: E402
+from t5composer.data.verify import verify_main as main
 
 if __name__ == '__main__':
-    sys.exit(main(sys.argv[1:]))
+    raise SystemExit(main())

@@ -39,7 +39,7 @@ CALLBACKS: dict[str, Callable[[], type]] = {
     'runtime_estimator': _lazy('composer.callbacks.RuntimeEstimator'),
     'nan_monitor': _lazy('composer.callbacks.NaNMonitor'),
     'resource_monitor': _lazy('t5composer.callbacks.resource_monitor.ResourceMonitor'),
-    'loop_probe': _lazy('t5composer.bench.loop_probe.LoopProbe'),  # bench/gpu_check.sh: sync waits and GPU idle time
+    'loop_probe': _lazy('t5composer.callbacks.loop_probe.LoopProbe'),  # waits for the GPU and its idle time (bench/gpu_check.sh)
 }
 
 LOGGERS: dict[str, Callable[[], type]] = {

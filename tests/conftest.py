@@ -12,6 +12,19 @@ SHARED_DATA = REPO_ROOT.parent / 'shared' / 'data'
 
 
 @pytest.fixture(autouse=True, scope='session')
+def _checkout_on_pythonpath():
+    """Every process a test starts (recipes, Composer's launcher, helper scripts) imports this
+    checkout's t5composer and bench/: the venv's installed t5composer may be another checkout's."""
+    old = os.environ.get('PYTHONPATH')
+    os.environ['PYTHONPATH'] = os.pathsep.join([str(REPO_ROOT), *([old] if old else [])])
+    yield
+    if old is None:
+        del os.environ['PYTHONPATH']
+    else:
+        os.environ['PYTHONPATH'] = old
+
+
+@pytest.fixture(autouse=True, scope='session')
 def _isolated_cache(tmp_path_factory):
     """Keep every test's cache (demo corpus, tokenizers) out of the user's ~/.cache."""
     if 'T5COMPOSER_TEST_CACHE' in os.environ:

@@ -12,8 +12,6 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def index(split: Path) -> dict:
     return json.loads((split / 'index.json').read_text())
@@ -73,8 +71,7 @@ def rewrite_rows(split: Path, change: Callable[[list[np.ndarray]], list[np.ndarr
 
 
 _HOLDER = '''
-import sys, time
-sys.path.insert(0, {repo!r})
+import time
 from t5composer.data.split_lock import hold_reader_lock, replacing_split
 if {kind!r} == 'reader':
     hold_reader_lock({split!r})
@@ -90,7 +87,7 @@ else:
 @contextlib.contextmanager
 def locked_by_another_process(split: Path, kind: str) -> Iterator[subprocess.Popen]:
     """Another process holds the split's ``reader`` lock (a training run) or its ``exclusive`` one (a conversion)."""
-    proc = subprocess.Popen([sys.executable, '-c', _HOLDER.format(repo=str(REPO), kind=kind, split=str(split))],
+    proc = subprocess.Popen([sys.executable, '-c', _HOLDER.format(kind=kind, split=str(split))],
                             stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == 'locked'
@@ -108,8 +105,7 @@ def hold_in_another_process(split: Path, kind: str) -> Callable[[], None]:
 
 
 _STREAMER = '''
-import sys, time
-sys.path.insert(0, {repo!r})
+import time
 from streaming import StreamingDataset
 dataset = StreamingDataset(local={local!r}, remote={remote!r}, batch_size=4, shuffle=False)
 print('streaming', flush=True)
@@ -119,7 +115,7 @@ time.sleep(120)
 
 def stream_in_another_process(local: Path, remote: Path) -> Callable[[], None]:
     """Another process (a job) streams ``remote`` into the cache ``local``; returns the function that ends it."""
-    proc = subprocess.Popen([sys.executable, '-c', _STREAMER.format(repo=str(REPO), local=str(local), remote=str(remote))],
+    proc = subprocess.Popen([sys.executable, '-c', _STREAMER.format(local=str(local), remote=str(remote))],
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == 'streaming'
 

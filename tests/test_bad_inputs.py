@@ -528,9 +528,9 @@ def folder_in_use(env: Env) -> None:
     import subprocess
     import sys
 
-    script = ('import sys, time\nsys.path.insert(0, sys.argv[2])\nfrom t5composer.run_lock import acquire_run_lock\n'
+    script = ('import sys, time\nfrom t5composer.run_lock import acquire_run_lock\n'
               'acquire_run_lock(sys.argv[1])\nprint("held", flush=True)\ntime.sleep(60)\n')
-    proc = subprocess.Popen([sys.executable, '-c', script, str(env.tmp / 'run'), str(REPO)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, '-c', script, str(env.tmp / 'run')], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == 'held'
     env.closers.append(lambda: (proc.kill(), proc.wait()))
 

@@ -1,4 +1,4 @@
-"""Smoke tests of the benchmark cases (recipes/benchmark.py) at tiny sizes, so they cannot rot.
+"""Smoke tests of the benchmark cases (python -m bench) at tiny sizes, so they cannot rot.
 
 Correctness of the fast paths is tested where they live (span corruption, conversion,
 tokenization); these only check that each case runs end to end and reports what it should.
@@ -8,41 +8,37 @@ Timings are not checked.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope='module')
-def bench():
-    spec = importlib.util.spec_from_file_location('benchmark_script', REPO / 'recipes' / 'benchmark.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def cli():
+    """``python -m bench``'s module (CASES, build_parser, main)."""
+    import bench.__main__
+
+    return bench.__main__
 
 
-def run_case(bench, tmp_path, *argv: str) -> list[dict]:
+def run_case(cli, tmp_path, *argv: str) -> list[dict]:
     out = tmp_path / 'bench.json'
-    assert bench.main([*argv, '--device', 'cpu', '--warmup', '0', '--repeats', '1', '--json', str(out)]) == 0
+    assert cli.main([*argv, '--device', 'cpu', '--warmup', '0', '--repeats', '1', '--json', str(out)]) == 0
     results = json.loads(out.read_text())
     (name,) = results['cases']
     return results['cases'][name]
 
 
-def test_help_lists_the_cases(bench, capsys):
+def test_help_lists_the_cases(cli, capsys):
     with pytest.raises(SystemExit):
-        bench.main(['--help'])
+        cli.main(['--help'])
     text = capsys.readouterr().out
     for name in ('generation', 'collator', 'dataloader', 'converter', 'model', 'optimizer', 'scaling'):
         assert name in text
 
 
-def test_collator_case(bench, tmp_path):
-    rows = run_case(bench, tmp_path, '--only', 'collator', '--collator-batch', '4', '--collator-batches', '2')
+def test_collator_case(cli, tmp_path):
+    rows = run_case(cli, tmp_path, '--only', 'collator', '--collator-batch', '4', '--collator-batches', '2')
     assert [r['variant'].split()[0] for r in rows] == ['SpanCorruptionCollator', 'per-example']
     for row in rows:
         assert row['output_shapes'] == {'input_ids': [4, 512], 'labels': [4, 114], 'decoder_input_ids': [4, 114]}
@@ -50,8 +46,8 @@ def test_collator_case(bench, tmp_path):
     assert rows[1]['speedup_vs_reference'] == 1.0
 
 
-def test_dataloader_case(bench, tmp_path):
-    rows = run_case(bench, tmp_path, '--only', 'dataloader', '--dataloader-workers', '0', '--dataloader-batch', '8',
+def test_dataloader_case(cli, tmp_path):
+    rows = run_case(cli, tmp_path, '--only', 'dataloader', '--dataloader-workers', '0', '--dataloader-batch', '8',
                     '--dataloader-batches', '3')
     (row,) = rows
     assert row['num_workers'] == 0 and row['samples_per_s'] > 0 and row['batch'] == 8
@@ -60,7 +56,7 @@ def test_dataloader_case(bench, tmp_path):
 
 
 @pytest.mark.slow  # ~7 s: the conversion runs in a fresh interpreter, as the command does
-def test_converter_case(bench, tmp_path):
+def test_converter_case(cli, tmp_path):
     from t5composer.data.demo_corpus import demo_documents
     from t5composer.tokenizer_training import train_tokenizer
 
@@ -70,7 +66,7 @@ def test_converter_case(bench, tmp_path):
     with gzip.open(src / 'c4-train.00000-of-00001.json.gz', 'wt') as f:
         f.writelines(json.dumps({'text': t, 'timestamp': '2019', 'url': 'u'}) + '\n' for t in texts)
     tok = train_tokenizer(out_dir=tmp_path / 'tok', vocab_size=500, texts=texts)
-    rows = run_case(bench, tmp_path, '--only', 'converter', '--converter-source', str(src), '--converter-tokenizer', str(tok),
+    rows = run_case(cli, tmp_path, '--only', 'converter', '--converter-source', str(src), '--converter-tokenizer', str(tok),
                     '--converter-copies', '2', '--converter-workers', '1')
     by_variant = {r['variant']: r for r in rows}
     raw = by_variant['raw sentencepiece encode (1 thread)']
@@ -81,13 +77,13 @@ def test_converter_case(bench, tmp_path):
 
 
 @pytest.mark.slow  # ~15 s: three points, each in a fresh interpreter
-def test_scaling_case(bench, tmp_path):
+def test_scaling_case(cli, tmp_path):
     import transformers
 
     tiny = tmp_path / 'tiny'
     transformers.T5Config(vocab_size=300, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2, num_decoder_layers=2,
                           feed_forward_proj='gated-gelu', tie_word_embeddings=False, dropout_rate=0.0).save_pretrained(tiny)
-    rows = run_case(bench, tmp_path, '--only', 'scaling', '--scaling-models', str(tiny), '--scaling-model', str(tiny),
+    rows = run_case(cli, tmp_path, '--only', 'scaling', '--scaling-models', str(tiny), '--scaling-model', str(tiny),
                     '--scaling-batch', '1', '--scaling-length', '32', '--scaling-batches', '1,2', '--scaling-lengths', '16,32')
     assert [(r['sweep'], r['batch'], r['lengths']) for r in rows] == [
         ('model', 1, '32+8'), ('batch', 1, '32+8'), ('batch', 2, '32+8'), ('length', 1, '16+5'), ('length', 1, '32+8')]
@@ -105,31 +101,31 @@ def test_scaling_case(bench, tmp_path):
 
 
 @pytest.mark.slow
-def test_optimizer_case(bench, tmp_path):
+def test_optimizer_case(cli, tmp_path):
     import transformers
 
     tiny = tmp_path / 'tiny'
     transformers.T5Config(vocab_size=300, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2, num_decoder_layers=2,
                           feed_forward_proj='gated-gelu', tie_word_embeddings=False, dropout_rate=0.0).save_pretrained(tiny)
-    rows = run_case(bench, tmp_path, '--only', 'optimizer', '--optimizer-model', str(tiny), '--optimizer-step-batch', '1')
+    rows = run_case(cli, tmp_path, '--only', 'optimizer', '--optimizer-model', str(tiny), '--optimizer-step-batch', '1')
     assert [r['variant'] for r in rows] == ['nanot5', 'adamwscale', 'adamwscale+compile']
     for r in rows:
         assert r['step_ms'] > 0 and r['gb_per_s'] > 0 and 0 < r['share_of_step'] < 1 and r['forward_backward_s'] > 0
         assert r['tensors'] == 52 and r['threads'] == 1 and r['interleaved']  # 2+2 layers of v1.1
     assert rows[0]['speedup_vs_nanot5'] == 1.0 and rows[2]['compile_s'] is not None and rows[1]['compile_s'] is None
     with pytest.raises(ValueError, match='unknown optimizer variant'):
-        run_case(bench, tmp_path, '--only', 'optimizer', '--optimizer-model', str(tiny), '--optimizer-variants', 'adam')
+        run_case(cli, tmp_path, '--only', 'optimizer', '--optimizer-model', str(tiny), '--optimizer-variants', 'adam')
 
 
-def test_scaling_plan_rejects_an_unknown_sweep(bench, capsys):
-    from t5composer.bench import scaling
+def test_scaling_plan_rejects_an_unknown_sweep(cli, capsys):
+    from bench import scaling
 
     with pytest.raises(SystemExit):  # the command line refuses it before any case runs
-        bench.main(['--device', 'cpu', '--only', 'scaling', '--scaling-sweeps', 'model,width'])
+        cli.main(['--device', 'cpu', '--only', 'scaling', '--scaling-sweeps', 'model,width'])
     assert "unknown sweep(s) ['width']; choose among 'model,batch,length'" in capsys.readouterr().err
-    args = bench.build_parser().parse_args(['--device', 'cpu'])
+    args = cli.build_parser().parse_args(['--device', 'cpu'])
     args.scaling_sweeps = 'model,width'  # a library caller's arguments
     with pytest.raises(ValueError, match="unknown sweep.*'width'.*model,batch,length"):
         scaling.plan(args)
-    args = bench.build_parser().parse_args(['--device', 'cpu', '--scaling-sweeps', 'batch'])
+    args = cli.build_parser().parse_args(['--device', 'cpu', '--scaling-sweeps', 'batch'])
     assert [p['batch'] for _, p in scaling.plan(args)] == [1, 2, 4, 8]

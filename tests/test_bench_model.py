@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from t5composer.bench import model as model_case
-from t5composer.bench import train_loop
+from bench import model as model_case
+from bench import train_loop
 from test_model import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,11 +54,7 @@ def test_model_case_variants_share_weights_and_report(tmp_path, one_thread):
 
 
 def test_registered_in_the_benchmark_script(tmp_path, one_thread):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location('benchmark_script', REPO / 'recipes' / 'benchmark.py')
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    import bench.__main__ as bench
     assert bench.CASES['model'] is model_case
     tiny_config('v1_1', vocab_size=512).save_pretrained(tmp_path / 'cfg')
     out = tmp_path / 'bench.json'
@@ -206,7 +202,7 @@ def test_gpu_check_loop_part_runs_on_cpu(tmp_path, tokenizer_dir):
 
 
 def test_the_loop_probe_counts_overlapping_device_work_once():
-    from t5composer.bench.loop_probe import busy_us
+    from t5composer.callbacks.loop_probe import busy_us
 
     assert busy_us([]) == 0.0
     assert busy_us([(0, 10), (20, 25)]) == 15.0

@@ -425,8 +425,7 @@ def test_read_only_splits_are_read_without_a_lock_and_unpacking_needs_a_writable
 # ---------------------------------------------------------------------------------- two jobs at once
 
 _JOB = textwrap.dedent('''
-    import hashlib, json, os, sys, time
-    sys.path.insert(0, {repo!r})
+    import hashlib, json, os, time
     from t5composer.data.span_corruption import SpanCorruptionCollator
     from t5composer.data.streaming import build_span_dataloader
     collator = SpanCorruptionCollator(sentinel_ids=list(range(599, 499, -1)), eos_id=1, seed=0)
@@ -461,7 +460,7 @@ def test_two_jobs_build_their_datasets_and_unpack_one_split_at_the_same_moment(d
     for split in splits:
         shutil.copytree(data / 'train', data / split)
     go = tmp_path / 'go'
-    script = _JOB.format(repo=str(REPO), go=str(go), splits=splits, root=str(data))
+    script = _JOB.format(go=str(go), splits=splits, root=str(data))
     jobs = [subprocess.Popen([sys.executable, '-c', script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     try:
         for job in jobs:

@@ -32,7 +32,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / 'README.md', *sorted((REPO / 'docs').glob('*.md'))]
-_COMMAND_START = ('composer ', 'python recipes/', 'python -m pytest', 'bash bench/', 'python3 -m venv')
+_COMMAND_START = ('composer ', 'python recipes/', 'python -m bench', 'python -m pytest', 'bash bench/', 'python3 -m venv')
 
 # Commands not run here, and why (matched by prefix).
 NOT_RUN = {
@@ -239,12 +239,11 @@ def run_recipe(tokens: list[str], ws: Workspace) -> None:
 
 
 def run_benchmark(tokens: list[str], ws: Workspace) -> None:
-    """The options parse; each case runs at tiny sizes in tests/test_bench*.py."""
+    """``python -m bench ...``: the options parse; each case runs at tiny sizes in tests/test_bench*.py."""
     del ws
-    spec = importlib.util.spec_from_file_location('benchmark_recipe', REPO / 'recipes' / 'benchmark.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    module.build_parser().parse_args(tokens[2:])
+    from bench.__main__ import build_parser
+
+    build_parser().parse_args(tokens[3:])
 
 
 def plan(command: Command) -> tuple[str, Optional[str]]:
@@ -253,17 +252,19 @@ def plan(command: Command) -> tuple[str, Optional[str]]:
         if command.text.startswith(prefix):
             return 'none', reason
     tokens = command.text.split()
-    if ('...' in tokens or '[' in command.text or any(t.startswith('<') and t.endswith('>') for t in tokens)
-            or not any(t.endswith(('.py', '.yaml')) for t in tokens[1:])):
-        return 'none', 'a mention or synopsis, not a command (no recipe, or ... / [options] / <placeholder>)'
+    mention = 'a mention or synopsis, not a command (no recipe, or ... / [options] / <placeholder>)'
+    if '...' in tokens or '[' in command.text or any(t.startswith('<') and t.endswith('>') for t in tokens):
+        return 'none', mention
+    if tokens[:3] == ['python', '-m', 'bench']:
+        return 'benchmark', None
+    if not any(t.endswith(('.py', '.yaml')) for t in tokens[1:]):
+        return 'none', mention
     script = next((t for t in tokens[1:] if t.endswith('.py')), '')
     if script == 'recipes/train.py':
         has_recipe = any(t.endswith('.yaml') for t in tokens)
         return ('train', None) if has_recipe else ('none', 'a mention, not a command (no recipe)')
     if script == 'recipes/evaluate.py':
         return 'evaluate', None
-    if script == 'recipes/benchmark.py':
-        return 'benchmark', None
     if script in ('recipes/convert_c4.py', 'recipes/export_hf.py', 'recipes/train_tokenizer.py', 'recipes/plot_runs.py',
                   'recipes/verify_data.py'):
         return 'recipe', None

@@ -351,9 +351,9 @@ def _train(optimizer, groups, grads, *, flag: bool | None) -> None:
 @pytest.mark.parametrize('compiled', [False, pytest.param(True, marks=pytest.mark.slow)], ids=['eager', 'compiled'])
 @pytest.mark.parametrize('flag', [None, False], ids=['no_flag', 'flag_false'])
 def test_step_equals_nanot5s_per_parameter_loop(compiled, flag):
-    # The reference is nanoT5's own loop (t5composer/bench/optimizer.py, also the benchmark's
+    # The reference is nanoT5's own loop (bench/optimizer.py, also the benchmark's
     # baseline); the previous implementation here was the same math, parameter by parameter.
-    from t5composer.bench.optimizer import NanoT5AdamWScale
+    from bench.optimizer import NanoT5AdamWScale
 
     ref_groups, groups = _groups_of_params(), _groups_of_params()
     grads = _gradients(groups, steps=4)

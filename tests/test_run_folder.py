@@ -25,7 +25,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 HOLD_LOCK = textwrap.dedent('''
     import sys, time
-    sys.path.insert(0, sys.argv[2])
     from t5composer.run_lock import acquire_run_lock
     acquire_run_lock(sys.argv[1])
     print('held', flush=True)
@@ -35,14 +34,14 @@ HOLD_LOCK = textwrap.dedent('''
 
 def _holder(folder: Path) -> subprocess.Popen:
     """Another process that takes the folder's lock and keeps it."""
-    proc = subprocess.Popen([sys.executable, '-c', HOLD_LOCK, str(folder), str(REPO)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, '-c', HOLD_LOCK, str(folder)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == 'held'
     return proc
 
 
 def _try_lock(folder: Path | str) -> subprocess.CompletedProcess:
     """Another process tries the lock and exits at once (status 0: it got it)."""
-    return subprocess.run([sys.executable, '-c', HOLD_LOCK.replace('time.sleep(120)', ''), str(folder), str(REPO)],
+    return subprocess.run([sys.executable, '-c', HOLD_LOCK.replace('time.sleep(120)', ''), str(folder)],
                           capture_output=True, text=True)
 
 

@@ -16,7 +16,7 @@ from t5composer.data.span_corruption import (
     random_spans_helper,
     row_keys,
 )
-from t5composer.data.span_corruption_reference import (
+from bench.span_corruption_reference import (
     create_sentinel_ids,
     filter_input_ids,
     per_example_span_corruption,

@@ -23,8 +23,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
 
 def _rank(rank: int, world: int, port: int) -> None:
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (

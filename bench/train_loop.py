@@ -1,13 +1,13 @@
 """The real Composer training loop on synthetic data, against the bare training step.
 
-Used by ``bench/gpu_check.sh`` (not a ``recipes/benchmark.py`` case: the loop runs as its own
+Used by ``bench/gpu_check.sh`` (not a ``python -m bench`` case: the loop runs as its own
 ``recipes/train.py`` process through Composer's launcher, exactly as a user runs it).
 
-    python -m t5composer.bench.train_loop prepare --out DIR --tokenizer TOK --rows 6400
+    python -m bench.train_loop prepare --out DIR --tokenizer TOK --rows 6400
     python3 -m composer.cli.launcher -n 1 recipes/train.py yamls/pt_base.yaml \\
         variables.data_local=DIR tokenizer.name=TOK data.eval_split=null max_duration=50ba \\
         callbacks.nanot5_log.interval=10 ... | tee loop.log
-    python -m t5composer.bench.train_loop report --log loop.log --model-json model.json
+    python -m bench.train_loop report --log loop.log --model-json model.json
 
 ``prepare`` writes a ``train`` split of random token rows of the expanded length (568 for input
 512) as ``recipes/convert_c4.py`` writes them (MDS, ``tokens: ndarray:uint16``, zstd) with the
@@ -79,7 +79,7 @@ def prepare_split(out_root: str, *, tokenizer: str, rows: int, input_length: int
             for row in block:
                 writer.write({'tokens': row})
     meta = make_split_metadata(
-        source='synthetic (t5composer.bench.train_loop)', split=split, tokenizer=tokenizer,
+        source='synthetic (bench.train_loop)', split=split, tokenizer=tokenizer,
         tokenizer_fingerprint=tokenizer_fingerprint(tok), vocab_size=len(tok), input_length=input_length,
         noise_density=noise_density, mean_noise_span_length=mean_noise_span_length, expanded_length=length,
         docs=rows, tokens=rows * length, rows=rows, dropped_tokens=0, skipped_lines={}, encoder='synthetic',
@@ -184,12 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--input-length', type=int, default=512)
     r = sub.add_parser('report', help='loop seconds per step vs the bare step')
     r.add_argument('--log', required=True, help="the training run's console output")
-    r.add_argument('--model-json', default=None, help='JSON of recipes/benchmark.py --only model')
+    r.add_argument('--model-json', default=None, help='JSON of python -m bench --only model')
     r.add_argument('--model-log', default=None, help='or its console output')
     r.add_argument('--variant', default='sdpa+compile+opt', help='the bare-step variant in that JSON')
     r.add_argument('--skip-windows', type=int, default=1)
     r.add_argument('--probe-json', default=None, help="the loop_probe callback's JSON (sync waits, profile)")
-    r.add_argument('--optimizer-json', default=None, help='JSON of recipes/benchmark.py --only optimizer')
+    r.add_argument('--optimizer-json', default=None, help='JSON of python -m bench --only optimizer')
     r.add_argument('--results-dir', default=None, help='write everything to <dir>/<gpu>-<date>.json')
     args = parser.parse_args(argv)
     if args.command == 'prepare':

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from t5composer.bench.measure import measure
+from bench.measure import measure
 
 HELP = 'greedy generation tokens/s with and without the KV cache'
 
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     encoder = measure(lambda: model.encode(input_ids), device=device, warmup=args.warmup, repeats=1)
     rows, outputs = [], {}
-    for use_cache in (True, False):  # cached first: smaller peak memory (see t5composer.bench.measure)
+    for use_cache in (True, False):  # cached first: smaller peak memory (see bench.measure)
         m = measure(
             lambda: generate(use_cache, new),
             warmup_fn=lambda: generate(use_cache, min(new, 4)),  # warms kernels/allocator, far cheaper

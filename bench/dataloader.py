@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from t5composer.bench.measure import peak_memory_mib, reset_peak_memory, sync
+from bench.measure import peak_memory_mib, reset_peak_memory, sync
 
 HELP = 'streaming + collator DataLoader samples/s (T5-base batches) for N workers'
 

@@ -1,8 +1,9 @@
 """Callback ``loop_probe``: what a steady stretch of the real training loop does on the device.
 
-For ``bench/gpu_check.sh``, which adds it to a ``recipes/train.py`` run with overrides
-(``callbacks.loop_probe.out=FILE callbacks.loop_probe.sync_start=21 ...``). Two windows of
-batches, chosen away from the logging, checkpoint and compilation batches:
+Any run can name it (``callbacks: {loop_probe: {out: probe.json}}``); ``bench/gpu_check.sh``
+adds it to a ``recipes/train.py`` run with overrides (``callbacks.loop_probe.out=FILE
+callbacks.loop_probe.sync_start=21 ...``). Two windows of batches, chosen away from the logging,
+checkpoint and compilation batches:
 
 - ``sync_steps`` batches from batch ``sync_start`` (counted from 0) run under
   ``torch.cuda.set_sync_debug_mode('warn')``: every operation that makes the host wait for the

@@ -54,7 +54,7 @@ COLUMNS = (
     ('peak_above_start_mib', 'peak MiB', '{:,.0f}'),
 )
 
-_REPO = Path(__file__).resolve().parents[2]
+_REPO = Path(__file__).resolve().parents[1]
 _DEFAULTS = {
     'cpu': dict(models='google/t5-v1_1-small,google/t5-v1_1-base,google/t5-v1_1-large', model='google/t5-v1_1-small',
                 batch=2, batches='1,2,4,8', length=512, lengths='128,256,512,1024', dtype='fp32'),
@@ -121,8 +121,8 @@ def measure_point(spec: dict[str, Any]) -> dict[str, Any]:
 
     import torch
 
-    from t5composer.bench.measure import peak_memory_mib, reset_peak_memory, sync
-    from t5composer.bench.model import build_variant, make_batch
+    from bench.measure import peak_memory_mib, reset_peak_memory, sync
+    from bench.model import build_variant, make_batch
     from t5composer.data.span_corruption import random_spans_helper
     from t5composer.models import T5ForConditionalGeneration, load_model_config, t5_flops_per_batch
 
@@ -182,7 +182,7 @@ def _current_rss_mib() -> float:
 
 _POINT = """
 import json, sys
-from t5composer.bench.scaling import measure_point
+from bench.scaling import measure_point
 print(json.dumps(measure_point(json.loads(sys.argv[1]))))
 """
 

@@ -1,7 +1,7 @@
 """Per-example span corruption written from HF's ``run_t5_mlm_flax`` (``DataCollatorForT5MLM``).
 
 The straightforward implementation the vectorised :class:`SpanCorruptionCollator` is measured
-against (``recipes/benchmark.py --only collator``) and a test oracle for its statistics. Per
+against (``python -m bench --only collator``) and a test oracle for its statistics. Per
 example: ``random_spans_noise_mask`` (a stateful numpy RNG shuffles the span boundaries),
 ``create_sentinel_ids`` (a sentinel at each span start, -1 on the rest of the span),
 ``filter_input_ids`` (keep ids >= 0, append EOS), rows stacked into a batch; decoder inputs are

@@ -1,31 +1,30 @@
 """Benchmarks of t5composer (not tests): a table of named cases, each timed with warm-up + repeats.
 
-    python recipes/benchmark.py                                   # every case, cuda if present
-    python recipes/benchmark.py --only generation --device cpu --json bench.json
-    python recipes/benchmark.py --only generation --gen-model google/t5-v1_1-small --repeats 1
+Run from the repository root (``python -m`` puts it on the path; ``bench`` is not installed with
+the library):
+
+    python -m bench                                   # every case, cuda if present
+    python -m bench --only generation --device cpu --json bench.json
+    python -m bench --only generation --gen-model google/t5-v1_1-small --repeats 1
 
 Each case prints a table and adds rows to the JSON output (``{"device": ..., "cases": {name:
 [row, ...]}}``). Times are the median over ``--repeats`` runs after ``--warmup`` runs; peak memory
-is measured per variant (see ``t5composer/bench/measure.py``). The cases live in
-``t5composer/bench/<name>.py`` (each module's docstring says what it measures); this script only
-holds the registry below and the command line.
+is measured per variant (see ``bench/measure.py``). The cases live in ``bench/<name>.py`` (each
+module's docstring says what it measures); this module only holds the registry below and the
+command line.
 """
 
 from __future__ import annotations
 
-import os
+import argparse
+import json
 import sys
+from types import ModuleType
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-from types import ModuleType  # noqa: E402
-
-import torch  # noqa: E402
-
-from t5composer.bench import collator, converter, dataloader, generation, model, optimizer, scaling  # noqa: E402
-from t5composer.bench.measure import format_table  # noqa: E402
+from bench import collator, converter, dataloader, generation, model, optimizer, scaling
+from bench.measure import format_table
 
 # name -> case module (HELP, COLUMNS, add_args(parser), run(args) -> rows); one line per case.
 CASES: dict[str, ModuleType] = {
@@ -42,7 +41,7 @@ CASES: dict[str, ModuleType] = {
 def build_parser() -> argparse.ArgumentParser:
     """The command line: the common options, then each case's own (prefixed with its name)."""
     epilog = 'cases:\n' + '\n'.join(f'  {name:<12} {case.HELP}' for name, case in CASES.items())
-    parser = argparse.ArgumentParser(description=__doc__, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog='python -m bench', description=__doc__, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--only', action='append', choices=list(CASES), help='run only this case (repeatable)')
     parser.add_argument('--device', choices=['cpu', 'cuda'], default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--warmup', type=int, default=1, help='untimed runs before timing')

@@ -50,7 +50,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from t5composer.bench.measure import peak_memory_mib, reset_peak_memory, sync
+from bench.measure import peak_memory_mib, reset_peak_memory, sync
 
 HELP = "model fwd+bwd step: our T5 vs transformers' (tokens/s, step time, MFU, peak memory)"
 

@@ -7,7 +7,7 @@ encoder and 114 decoder tokens; batch 128; vocabulary 32,128 with 100 sentinels 
 
 - ``SpanCorruptionCollator``: ours, vectorised over the batch (hash-seeded masks, LongTensors out);
 - per-example reference: HF ``run_t5_mlm_flax``'s ``DataCollatorForT5MLM`` algorithm
-  (:mod:`t5composer.data.span_corruption_reference`; a numpy ``RandomState`` as HF's global
+  (:mod:`bench.span_corruption_reference`; a numpy ``RandomState`` as HF's global
   ``np.random``), numpy out.
 
 Run on one thread (``torch.set_num_threads(1)`` for the duration of the case): a data-loader
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from t5composer.bench.measure import measure
+from bench.measure import measure
 
 HELP = 'span-corruption collator samples/s vs a per-example (HF run_t5_mlm_flax) implementation, 1 thread'
 
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         args: the parsed command line (``warmup``, ``repeats`` and the ``collator_*`` options).
     """
     from t5composer.data.span_corruption import SpanCorruptionCollator, random_spans_helper
-    from t5composer.data.span_corruption_reference import per_example_span_corruption
+    from bench.span_corruption_reference import per_example_span_corruption
 
     batch, n_batches = args.collator_batch, args.collator_batches
     length, _ = random_spans_helper(args.collator_input_length, 0.15, 3.0)

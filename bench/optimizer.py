@@ -39,7 +39,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from t5composer.bench.measure import peak_memory_mib, reset_peak_memory, sync
+from bench.measure import peak_memory_mib, reset_peak_memory, sync
 
 HELP = "adamwscale step vs nanoT5's per-parameter loop at T5 shapes (ms/step, speed-up, share of a training step)"
 
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     Args:
         args: the parsed command line (``device``, ``warmup``, ``repeats`` and the ``optimizer_*`` options).
     """
-    from t5composer.bench.model import DECODER_LENGTH, ENCODER_LENGTH, make_batch
+    from bench.model import DECODER_LENGTH, ENCODER_LENGTH, make_batch
     from t5composer.models import T5ForConditionalGeneration, load_model_config
 
     device = args.device

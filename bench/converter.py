@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from t5composer.bench.measure import peak_memory_mib, reset_peak_memory
+from bench.measure import peak_memory_mib, reset_peak_memory
 
 HELP = 'convert_c4 tokens/s per worker vs sentencepiece / HF tokenizers batch encode'
 
@@ -57,7 +57,7 @@ COLUMNS = (
     ('peak_mib', 'peak MiB', '{:.0f}'),
 )
 
-_REPO = Path(__file__).resolve().parents[2]
+_REPO = Path(__file__).resolve().parents[1]
 _SHARED = _REPO.parent / 'shared' / 'data'
 
 
