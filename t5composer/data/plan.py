@@ -14,8 +14,9 @@ from typing import Any, Optional
 from t5composer.config.loading import cache_dir
 from t5composer.config.schema import TrainConfig
 from t5composer.config.validation import ConfigError
-from t5composer.data.demo_corpus import prepare_demo_data
-from t5composer.data.locations import fetch_remote_file, is_remote, split_location
+# Modules, not their functions: tests stand in for the corpus build and the store through them.
+from t5composer.data import demo_corpus, locations
+from t5composer.data.locations import is_remote, split_location
 from t5composer.data.metadata import META_FILENAME, check_split_metadata, read_split_metadata
 from t5composer.data.preflight import hf_split_name, split_size_problem
 from t5composer.data.split_lock import SplitInUseError, hold_reader_lock
@@ -40,7 +41,7 @@ def plan_data(cfg: TrainConfig) -> DataPlan:
     """Resolve tokenizer and data locations, building the builtin corpus on first use."""
     d = cfg.data
     if d.builtin_corpus is not None:
-        tok_dir, mds_root = prepare_demo_data(
+        tok_dir, mds_root = demo_corpus.prepare_demo_data(
             cache_dir=os.path.join(cache_dir(), 'demo'),
             vocab_size=d.builtin_vocab_size,
             input_length=d.input_length,
@@ -92,7 +93,7 @@ def check_splits(cfg: TrainConfig, plan: DataPlan, tokenizer: Any, expanded_leng
             if remote is not None:
                 with tempfile.TemporaryDirectory() as tmp:
                     try:
-                        fetch_remote_file(f'{split_dir}/{META_FILENAME}', os.path.join(tmp, META_FILENAME), timeout=d.download_timeout)
+                        locations.fetch_remote_file(f'{split_dir}/{META_FILENAME}', os.path.join(tmp, META_FILENAME), timeout=d.download_timeout)
                     except FileNotFoundError as e:
                         raise FileNotFoundError(
                             f'{split_dir} has no {META_FILENAME}: it was not converted by t5composer, or its conversion did not '
@@ -100,7 +101,7 @@ def check_splits(cfg: TrainConfig, plan: DataPlan, tokenizer: Any, expanded_leng
                             f'--tokenizer {plan.tokenizer_name} --input_length {d.input_length} --overwrite',
                         ) from e
                     meta = read_split_metadata(tmp)
-                    fetch_remote_file(f'{split_dir}/index.json', os.path.join(tmp, 'index.json'), timeout=d.download_timeout)
+                    locations.fetch_remote_file(f'{split_dir}/index.json', os.path.join(tmp, 'index.json'), timeout=d.download_timeout)
                     try:
                         index = read_index(tmp)
                     except ValueError as e:

@@ -2,7 +2,7 @@
 never converted (with the command that converts them), are empty, or are too small for one
 batch, and an SNI root that is not a natural-instructions checkout.
 
-Preflight (:func:`t5composer.run.preflight`) runs them within seconds of the command; the
+Preflight (:func:`t5composer.run.preflight.preflight`) runs them within seconds of the command; the
 checks that need the tokenizer (what the splits were converted with) are
 :func:`t5composer.data.plan.check_splits`'s.
 """
@@ -15,7 +15,8 @@ from typing import Optional
 
 from t5composer.config.batches import batch_sizes
 from t5composer.config.schema import SNIDataConfig, TrainConfig
-from t5composer.data.locations import is_remote, remote_split_problems, split_location
+from t5composer.data import locations  # the module: tests stand in for the store through it
+from t5composer.data.locations import is_remote, split_location
 from t5composer.data.metadata import convert_command as command_for
 
 __all__ = ['convert_command', 'hf_split_name', 'split_size_problem', 'unconverted_split_problems']
@@ -54,7 +55,7 @@ def unconverted_split_problems(cfg: TrainConfig, *, train: bool = True, world_si
     if is_remote(d.remote):
         # A split already in the local cache trains without the store; don't demand the network.
         cached = [s for s in splits if d.local is not None and os.path.isfile(os.path.join(split_location(d.local, s), 'index.json'))]
-        return remote_split_problems(d.remote, splits, timeout=min(d.download_timeout, 30.0), cached=cached)
+        return locations.remote_split_problems(d.remote, splits, timeout=min(d.download_timeout, 30.0), cached=cached)
     root = d.remote or d.local
     missing = [s for s in splits if not os.path.isfile(os.path.join(split_location(root, s), 'index.json'))]
     problems = []
