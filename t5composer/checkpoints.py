@@ -13,6 +13,8 @@ starts from scratch. This module closes those holes:
   ones aside as ``*.corrupt`` with a warning naming both files, and points ``latest-rank0.pt``
   at the newest intact checkpoint. If checkpoints exist but none is intact it stops: a run
   never restarts from scratch on its own.
+* :func:`prepare_checkpoints` runs all of it for a run before it is built: it locks the save
+  folder, repairs it, and checks the checkpoint the run will load.
 * :func:`model_shape_problems` compares a checkpoint's weights with the model the config
   builds, so a changed config gets a list of mismatched keys instead of a bare
   ``RuntimeError`` from deep inside ``load_state_dict``.
@@ -35,6 +37,7 @@ from typing import Any, Optional
 from t5composer.atomic_files import PARTIAL_PREFIX, write_atomically
 from t5composer.config.validation import ConfigError
 from t5composer.errors import describe_os_error, format_bytes, os_error_advice
+from t5composer.run_lock import RunLockedError, acquire_run_lock
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,7 @@ __all__ = [
     'PARTIAL_PREFIX', 'CheckpointRecovery', 'CheckpointSaveError', 'checkpoint_problem', 'estimated_checkpoint_bytes',
     'checkpoints_by_batch', 'free_space_problem', 'optimizer_state_bytes', 'save_folder_problem', 'install_atomic_writes', 'load_checkpoint', 'model_shape_problems',
     'recover_checkpoints', 'unusable_checkpoint_message', 'write_atomically',
+    'check_free_space', 'check_start_checkpoint', 'load_start_checkpoint', 'prepare_checkpoints', 'refuse_earlier_checkpoints',
 ]
 
 # Composer's default save_filename, 'ep{epoch}-ba{batch}-rank{rank}.pt', for the rank that saves.
@@ -372,3 +376,155 @@ def model_shape_problems(saved: dict[str, Any], model_state: dict[str, Any]) -> 
         elif tuple(saved[key].shape) != tuple(tensor.shape):
             problems.append(f'{key}: checkpoint {list(saved[key].shape)} vs model {list(tensor.shape)}')
     return problems + [f'{key}: in the checkpoint, not in the model' for key in saved if key not in model_state]
+
+
+# ---------------------------------------------------------------------------------------------
+# The checkpoint a run starts from, and the folder it saves to (checked before training)
+# ---------------------------------------------------------------------------------------------
+
+
+def prepare_checkpoints(folder: Optional[str], *, train: bool, autoresume: bool, save_overwrite: bool,
+                        load_path: Optional[str]) -> tuple[Optional[str], Any]:
+    """Lock the save folder, make saves atomic, repair the folder after a kill (training), and check ``load_path`` (always).
+
+    Global rank 0 repairs the folder while the other ranks wait, so all of them then see the
+    same latest link. Every rank stops together on a problem (raised as :class:`ConfigError`).
+
+    Args:
+        folder: the run's local save folder (None: no local folder, or an evaluation).
+        train: a training run (saves are made atomic).
+        autoresume: the run continues from the newest intact checkpoint in ``folder``.
+        save_overwrite: checkpoints of an earlier run in ``folder`` may be replaced.
+        load_path: the checkpoint the run starts from, if any.
+
+    Returns:
+        The checkpoint autoresume will load (None when the run starts fresh) and the run lock
+        (global rank 0 of a run with a local save folder; None otherwise).
+    """
+    from composer.utils import dist  # Composer takes ~3 s to import; preflight uses this module without it
+
+    resume_path, lock = None, None
+    if train:
+        install_atomic_writes()
+    if folder is not None:
+        error: list[Optional[str]] = [None]
+        if dist.get_global_rank() == 0:
+            try:
+                # One run per folder: a second writer would interleave checkpoints and metrics.jsonl.
+                lock = acquire_run_lock(folder)
+                if autoresume:
+                    resume_path = recover_checkpoints(folder).resume_from
+                elif not save_overwrite:
+                    refuse_earlier_checkpoints(folder)
+            except (ConfigError, RunLockedError) as e:
+                error[0] = '\n'.join(e.problems) if isinstance(e, ConfigError) else str(e)
+                if lock is not None:
+                    lock.release()
+        dist.broadcast_object_list(error, src=0)  # every rank stops together, none waits forever
+        if error[0] is not None:
+            raise ConfigError([error[0]])
+        if autoresume and dist.get_global_rank() != 0:
+            link = os.path.join(folder, 'latest-rank0.pt')
+            resume_path = link if os.path.exists(link) else None
+    if resume_path is None and load_path and '://' not in load_path:
+        if not os.path.exists(load_path):
+            raise ConfigError([
+                f"load_path '{load_path}' does not exist" + (f" (and '{folder}' holds no checkpoint to resume from)" if folder else '')
+                + '. Point load_path '
+                'at a Composer checkpoint (e.g. runs/pt_base/latest-rank0.pt; the demo makes one with composer recipes/train.py '
+                'yamls/demo.yaml), or remove it to start from scratch.',
+            ])
+        load_start_checkpoint(load_path, read=False)
+    return resume_path, lock
+
+
+def refuse_earlier_checkpoints(folder: str) -> None:
+    """Without autoresume, checkpoints of an earlier run in the folder would stop this run at its first
+    save (Composer refuses to write over them), a whole save interval in; say so before training."""
+    found = checkpoints_by_batch(folder)
+    if found:
+        names = ', '.join(os.path.basename(p) for p in found[:3]) + (f' and {len(found) - 3} more' if len(found) > 3 else '')
+        raise ConfigError([
+            f"save_folder '{folder}' already holds checkpoints of an earlier run ({names}) and autoresume is off, so this run "
+            'would stop at its first save rather than write over them. Set autoresume=true to continue that run, give this run '
+            'another run_name / save_folder, or set save_overwrite=true to replace them.',
+        ])
+
+
+def load_start_checkpoint(path: str, *, read: bool = True) -> Any:
+    """Check (once per file) that the checkpoint a run or an evaluation starts from is intact; read it (mmap) if asked.
+
+    Args:
+        path: the checkpoint (``load_path``).
+        read: return its state (mmap: no weights are read); False only checks it.
+    """
+    role, use = f"load_path '{path}'", 'load_path={path}'
+    if not read:
+        message = unusable_checkpoint_message(path, role=role, use=use)
+        if message is not None:
+            raise ConfigError([message])
+        return None
+    return load_checkpoint(path, role=role, use=use)
+
+
+def check_free_space(folder: str, model: Any, *, optimizer: str, optimizer_kwargs: dict[str, Any], extra_bytes: int) -> None:
+    """Refuse to start a run whose first checkpoint would not fit on the save folder's disk.
+
+    Args:
+        folder: the save folder.
+        model: the model (its parameters are counted).
+        optimizer / optimizer_kwargs: the optimizer's name and options (its state is counted).
+        extra_bytes: what else each checkpoint carries (the tokenizer files).
+    """
+    needed = estimated_checkpoint_bytes(model, optimizer=optimizer, optimizer_kwargs=optimizer_kwargs, extra_bytes=extra_bytes)
+    problem = free_space_problem(folder, needed)
+    if problem is not None:
+        raise ConfigError([problem])
+
+
+def _report_world_size_change(path: str, rng: Any, global_batch: int) -> None:
+    """Say so when a run resumes on another number of processes (it continues with the same global batch)."""
+    from composer.utils import dist  # see prepare_checkpoints
+
+    now = dist.get_world_size()
+    if isinstance(rng, list) and rng and len(rng) != now:
+        log.warning(
+            'Resuming %s, whose checkpoints were saved by %d process(es), on %d: the global batch stays %d (%d per process), '
+            'the data continues at the same global sample in the same order, and the results match an uninterrupted run '
+            'up to the summation order of the gradient all-reduce. Random states of ranks that did not exist are re-seeded.',
+            path, len(rng), now, global_batch, global_batch // now,
+        )
+
+
+def check_start_checkpoint(path: Optional[str], model: Any, *, resumed: bool, strict: bool, global_batch: int) -> None:
+    """Read the checkpoint the run starts from once (mmap: no weights are read) to say when a
+    resume changes the number of processes, and to list the keys of a checkpoint from another
+    model shape instead of a load traceback.
+
+    Args:
+        path: the checkpoint (None: the run starts fresh).
+        model: the model the config builds.
+        resumed: autoresume picked ``path`` (else it is ``load_path``).
+        strict: ``load_strict_model_weights``: the shapes must match.
+        global_batch: the run's global batch (for the message about a new number of processes).
+    """
+    from composer.utils import dist  # see prepare_checkpoints
+
+    if path is None or '://' in path or not os.path.isfile(path):
+        return
+    report = resumed and dist.get_global_rank() == 0
+    if not (report or strict):
+        return
+    checkpoint = load_start_checkpoint(path)
+    if report:
+        _report_world_size_change(path, checkpoint.get('rng'), global_batch)
+    if not strict:
+        return
+    problems = model_shape_problems(checkpoint.get('state', {}).get('model', {}), model.state_dict())
+    if problems:
+        raise ConfigError([
+            f"The checkpoint {path} holds a model of a different shape than this config builds "
+            f"({len(problems)} mismatched key(s)):\n    " + '\n    '.join(problems[:12])
+            + (f'\n    ... and {len(problems) - 12} more' if len(problems) > 12 else '')
+            + '\n  Use the model settings the checkpoint was trained with, or start a new run (another run_name / save_folder).',
+        ])

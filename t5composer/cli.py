@@ -49,7 +49,7 @@ def setup_logging(cfg: object) -> list[str]:
     secrets = sorted(set(secret_values()) | set(config_secrets(dataclasses.asdict(cfg))), key=len, reverse=True)  # type: ignore[arg-type]
     install_scrubbing(secrets)
     python_log_level = getattr(cfg, 'python_log_level', None)
-    if python_log_level:
+    if python_log_level and python_log_level.upper() in logging.getLevelNamesMapping():  # else preflight names it
         logging.getLogger('t5composer').setLevel(python_log_level.upper())
     return secrets
 
@@ -123,7 +123,8 @@ def train_main(argv: Optional[Sequence[str]] = None, *, extra_callbacks: tuple =
 
     env_secrets = _env_secrets()
     try:
-        cfg = load_config(yaml_path, overrides)
+        # The schema only: preflight checks the values with everything else, so one message lists all problems.
+        cfg = load_config(yaml_path, overrides, check=False)
     except ConfigError as e:
         print_error(e, env_secrets)
         return 2
@@ -134,7 +135,7 @@ def train_main(argv: Optional[Sequence[str]] = None, *, extra_callbacks: tuple =
 
         if int(os.environ.get('RANK', '0')) != 0:
             return 0  # under `composer -n N`, rank 0 checks for all
-        return _run_guarded(secrets, lambda: dry_run(cfg, recipe=yaml_path, gpus=dry.gpus))
+        return _run_guarded(secrets, lambda: dry_run(cfg, recipe=yaml_path, gpus=dry.gpus, config_checked=False))
     return _run_guarded(secrets, lambda: _train(cfg, secrets, extra_callbacks))
 
 
@@ -142,9 +143,12 @@ def _train(cfg: TrainConfig, secrets: Sequence[str], extra_callbacks: tuple) -> 
     from omegaconf import OmegaConf
 
     from t5composer.redaction import redact
-    from t5composer.training import build_trainer, preflight
+    from t5composer.run.preflight import preflight
 
-    preflight(cfg)  # seconds, before the heavy imports: no data, bf16 on CPU, batch sizes, save folder
+    # Seconds, before the heavy imports: the config's values, no data, bf16 on CPU, batch sizes, save folder.
+    preflight(cfg, config_checked=False)
+    from t5composer.run.build import build_trainer  # the model, Composer and the data pipeline: seconds to import
+
     if int(os.environ.get('RANK', '0')) == 0:
         print(OmegaConf.to_yaml(redact(dataclasses.asdict(cfg), secrets)), flush=True)  # type: ignore[call-overload]
     trainer = build_trainer(cfg, extra_callbacks=extra_callbacks, preflight_done=True)
@@ -206,7 +210,7 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _evaluate(cfg: TrainConfig) -> int:
-    from t5composer.training import build_trainer
+    from t5composer.run.build import build_trainer
 
     load_path = cfg.load_path
     folder = os.path.dirname(os.path.abspath(load_path)) if load_path else cfg.save_folder

@@ -16,20 +16,23 @@ optimizer state, the units FSDP gathers at a time, and a rough activation count.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, TextIO
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
+from t5composer.checkpoints import estimated_checkpoint_bytes, optimizer_state_bytes
+from t5composer.components import build_components
+from t5composer.config.parallelism import trainer_parallelism_config
 from t5composer.config.schema import SNIDataConfig, TrainConfig
 from t5composer.config.validation import ConfigError
-from t5composer.checkpoints import estimated_checkpoint_bytes, optimizer_state_bytes
+from t5composer.data.plan import check_splits
+from t5composer.data.span_corruption import random_spans_helper
 from t5composer.durations import batches_of
 from t5composer.errors import format_bytes
+from t5composer.run.preflight import preflight
 
 __all__ = ['DEFAULT_GPUS', 'DryRunArgs', 'FSDPPlan', 'MemoryEstimate', 'activation_bytes', 'dry_run', 'fsdp_plan',
            'memory_estimate', 'parse_dry_run_args', 'target_gpus']
@@ -326,64 +329,10 @@ def activation_bytes(config: Any, *, batch: int, encoder_length: int, decoder_le
 # ---------------------------------------------------------------------------------------------
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    endpoint = urlparse(os.environ.get('HF_ENDPOINT', 'https://huggingface.co'))
-    try:
-        socket.create_connection((endpoint.hostname or 'huggingface.co', endpoint.port or (443 if endpoint.scheme == 'https' else 80)),
-                                 timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def _load_tokenizer_if_possible(name: str, notes: list[str]) -> Any:
-    """The tokenizer; None with a note when it is a hub name the hub cannot serve from here."""
-    from t5composer.tokenization import _looks_like_path
-    from t5composer.training import _load_tokenizer
-
-    hub_name = not _looks_like_path(name) and not os.path.exists(name)
-    offline = os.environ.get('HF_HUB_OFFLINE', '').lower() in ('1', 'true', 'yes')
-    if hub_name and not offline and not _hub_reachable():
-        # transformers would retry for about a minute; the run loads it at launch anyway.
-        notes.append(f"tokenizer '{name}' not loaded: the Hugging Face hub is unreachable from this machine (it is loaded at launch). "
-                     'Point tokenizer.name at a local copy to check it here.')
-        return None
-    try:
-        return _load_tokenizer(name)
-    except ConfigError:
-        if not hub_name:
-            raise
-        notes.append(f"tokenizer '{name}' not loaded: not in the local Hugging Face cache and HF_HUB_OFFLINE is set (it is loaded at launch).")
-        return None
-
-
-def _model_config(cfg: TrainConfig, tokenizer: Any, notes: list[str]) -> Any:
-    from t5composer.training import _checkpoint_metadata, _load_model_config, _model_config as config_for
-
-    if cfg.model.init == 'checkpoint':
-        config, _ = _checkpoint_metadata(cfg)
-        if cfg.model.dropout_rate is not None:
-            config.dropout_rate = cfg.model.dropout_rate
-        return config
-    if cfg.model.init == 'hf':
-        notes.append(f"model.init hf: the weights of '{cfg.model.name}' are read at launch, not here")
-        return _load_model_config(cfg, cfg.model.config_overrides())
-    if tokenizer is not None:
-        return config_for(cfg, tokenizer)
-    overrides = cfg.model.config_overrides()
-    if isinstance(cfg.model.vocab_size, int):
-        overrides['vocab_size'] = cfg.model.vocab_size
-    elif cfg.model.vocab_size == 'tokenizer':
-        notes.append("model.vocab_size 'tokenizer' needs the tokenizer; the model config's vocab_size is used here")
-    return _load_model_config(cfg, overrides)
-
-
 def _lengths(cfg: TrainConfig) -> tuple[int, int]:
     d = cfg.data
     if isinstance(d, SNIDataConfig):
         return d.max_source_length, d.max_target_length
-    from t5composer.data.span_corruption import random_spans_helper
-
     return d.input_length, random_spans_helper(d.input_length, d.noise_density, d.mean_noise_span_length)[1]
 
 
@@ -392,8 +341,6 @@ def _gib(x: float) -> str:
 
 
 def _components(cfg: TrainConfig) -> str:
-    from t5composer.components import build_components
-
     parts = []
     for kind in ('algorithms', 'callbacks', 'loggers'):
         section = getattr(cfg, kind)
@@ -402,11 +349,16 @@ def _components(cfg: TrainConfig) -> str:
     return '; '.join(parts)
 
 
-def dry_run(cfg: TrainConfig, *, recipe: str = '<config>', gpus: Optional[int] = None, out: Optional[TextIO] = None) -> int:
+def dry_run(cfg: TrainConfig, *, recipe: str = '<config>', gpus: Optional[int] = None, out: Optional[TextIO] = None,
+            config_checked: bool = True) -> int:
     """Validate and build ``cfg`` for a run on ``gpus`` GPUs without training; print a summary.
 
+    The same steps as a run (:func:`preflight`, :func:`~t5composer.run.plan.plan_run`, the model,
+    optimizer, schedule and components), with the model on the meta device and no data read.
+
     Args:
-        cfg: a validated config.
+        cfg: the config.
+        config_checked: see :func:`~t5composer.run.preflight.preflight`.
         recipe: the YAML path, for the launch command printed at the end.
         gpus: ``--dry-run-gpus``, or None (see :func:`target_gpus`).
         out: where the summary goes (default: sys.stdout at the time of the call).
@@ -414,13 +366,15 @@ def dry_run(cfg: TrainConfig, *, recipe: str = '<config>', gpus: Optional[int] =
     Returns:
         0; a config that cannot run raises :class:`ConfigError`.
     """
+    # The model, Composer and transformers take seconds to import; this module is imported by
+    # every command line for parse_dry_run_args.
     from t5composer.models import build_composer_t5
     from t5composer.optim import build_optimizer, build_scheduler
-    from t5composer.training import _batch_sizes, plan_data, preflight, trainer_parallelism_config
+    from t5composer.run.plan import plan_run
 
     fsdp = trainer_parallelism_config(cfg)
     world, why = target_gpus(gpus, sharded=fsdp is not None)
-    notes = list(preflight(cfg, dry_run_gpus=world))
+    notes = list(preflight(cfg, dry_run_gpus=world, config_checked=config_checked))
     on_gpu = torch.cuda.is_available()
     if not on_gpu and (cfg.precision != 'fp32' or cfg.device_train_microbatch_size == 'auto' or fsdp):
         notes.append(f"not checked on this machine (no GPU): precision {cfg.precision}"
@@ -429,22 +383,15 @@ def dry_run(cfg: TrainConfig, *, recipe: str = '<config>', gpus: Optional[int] =
 
     fine_tuning = isinstance(cfg.data, SNIDataConfig)
     data_missing = bool(notes)  # so far the notes are preflight's: splits not converted yet
-    plan = None if fine_tuning else plan_data(cfg)  # the builtin corpus is built once and cached, as a real run does
-    tokenizer_name = plan.tokenizer_name if plan is not None else cfg.tokenizer.name
-    tokenizer = _load_tokenizer_if_possible(tokenizer_name, notes) if tokenizer_name else None
-    model_config = _model_config(cfg, tokenizer, notes)
-    if tokenizer is not None and model_config.vocab_size < len(tokenizer):
-        raise ConfigError([f'The model has vocab_size {model_config.vocab_size} but the tokenizer {tokenizer_name} has {len(tokenizer)} tokens; '
-                           'they do not belong together.'])
-    if plan is not None and tokenizer is not None and plan.remote is None and not data_missing:
+    run = plan_run(cfg, world_size=world, dry_run=True)  # the builtin corpus is built once and cached, as a real run does
+    notes += run.notes
+    tokenizer, tokenizer_name, model_config = run.tokenizer, run.tokenizer_name, run.model_config
+    if run.data is not None and tokenizer is not None and run.data.remote is None and not data_missing:
         # Local splits exist: refuse data converted with another tokenizer or length, damaged shards,
         # and splits (the builtin corpus's too) smaller than one batch of the target world, as a run would.
-        from t5composer.data.span_corruption import random_spans_helper
-        from t5composer.training import _check_split_metadata
-
         d = cfg.data
-        _check_split_metadata(cfg, plan, tokenizer, random_spans_helper(d.input_length, d.noise_density, d.mean_noise_span_length)[0],
-                              world_size=world)
+        check_splits(cfg, run.data, tokenizer, random_spans_helper(d.input_length, d.noise_density, d.mean_noise_span_length)[0],
+                     world_size=world)
 
     with torch.device('meta'):  # shapes only: no memory, no init
         model = build_composer_t5(config=model_config, init='random', lm_head_init_std=cfg.model.lm_head_init_std,
@@ -458,7 +405,7 @@ def dry_run(cfg: TrainConfig, *, recipe: str = '<config>', gpus: Optional[int] =
     plan = fsdp_plan(model) if fsdp else None
     mem = memory_estimate(cfg, model, plan, world)
     enc_len, dec_len = _lengths(cfg)
-    device_batch, micro, _ = _batch_sizes(cfg, world)
+    device_batch, micro, _ = run.batches
     fsdp_opts = fsdp['fsdp'] if fsdp else {}
     checkpointing = bool(fsdp_opts.get('activation_checkpointing')) or cfg.model.gradient_checkpointing
     e = 2 if cfg.precision in ('amp_bf16', 'amp_fp16') else 4

@@ -21,6 +21,7 @@ __all__ = [
     'BatchEncoder',
     'NUM_SENTINELS',
     'load_tokenizer',
+    'looks_like_path',
     'sentinel_ids',
     'spiece_to_fast',
     'tokenizer_fingerprint',
@@ -87,8 +88,8 @@ def _check_against_spiece(tokenizer: Any, spiece_path: str) -> None:
         )
 
 
-def _looks_like_path(name: str) -> bool:
-    # Hub names are 'name' or 'org/name'; anything else is meant as a local path.
+def looks_like_path(name: str) -> bool:
+    """Whether a tokenizer name is meant as a local path: hub names are 'name' or 'org/name'."""
     return (
         name.startswith(('/', '.', '~'))
         or name.endswith('.model')
@@ -133,7 +134,7 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> Any:
             f'{name} has no tokenizer files: expected tokenizer.json, tokenizer_config.json or '
             f'spiece.model; found {sorted(p.name for p in path.iterdir())[:20]}.'
         )
-    if _looks_like_path(name):
+    if looks_like_path(name):
         raise FileNotFoundError(f'Tokenizer path {name} does not exist.')
     return _from_pretrained(name, local=False)
 

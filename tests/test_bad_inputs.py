@@ -30,7 +30,8 @@ import torch
 from t5composer.config import ConfigError, load_config
 from t5composer.data.sni import SNIDataError, load_sni_split
 from t5composer.data.split_lock import SplitInUseError
-from t5composer.training import build_trainer, preflight
+from t5composer.run.build import build_trainer
+from t5composer.run.preflight import preflight
 from split_damage import drop_unpacked, flip_byte, hold_in_another_process, rewrite_rows, shard_names, stream_in_another_process
 
 REPO = Path(__file__).resolve().parents[1]
@@ -830,7 +831,7 @@ CASES = [
     Case('logger-unknown', 'loggers.tensorbord={}', checked('loggers.tensorbord={}'),
          'Unknown logger', "'tensorbord' in 'loggers'", "Did you mean 'tensorboard'?"),
     Case('logger-package-missing', 'loggers.wandb={project: x} without wandb installed',
-         checked('loggers.wandb={project: x}', setup=lambda env: env.monkeypatch.setattr('t5composer.components._installed', lambda package: package != 'wandb')),
+         checked('loggers.wandb={project: x}', setup=lambda env: env.monkeypatch.setattr('t5composer.registry.installed', lambda package: package != 'wandb')),
          "needs the 'wandb' package, which is not installed", "'loggers.wandb'", 'pip install wandb'),
     # Paths (preflight / tokenizer loading).
     Case('load-path-missing', 'load_path=<tmp>/nope.pt', checked('load_path={tmp}/nope.pt'), 'does not exist', 'nope.pt', 'Point load_path at a Composer checkpoint'),

@@ -18,7 +18,7 @@ from t5composer.checkpoints import (
     write_atomically,
 )
 from t5composer.config import ConfigError, config_from_dict
-from t5composer.training import build_trainer
+from t5composer.run.build import build_trainer
 from test_training import tiny
 
 pytestmark = pytest.mark.usefixtures('one_thread')

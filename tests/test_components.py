@@ -34,13 +34,13 @@ def test_bad_argument_value_is_reported_with_its_component():
 
 
 def test_missing_package_names_the_fix(monkeypatch):
-    from t5composer import components
+    import sys
 
-    def missing():
-        raise ImportError('no wandb', name='wandb')
+    from t5composer import components, registry
 
-    monkeypatch.setitem(components.LOGGERS, 'wandb', missing)
-    monkeypatch.setattr(components, '_installed', lambda package: True)  # past the by-name check, to the import
+    monkeypatch.setitem(sys.modules, 'wandb', None)  # importing it fails as it does where it is not installed
+    monkeypatch.setitem(components.LOGGERS, 'wandb', registry.LazyEntry('wandb:WandBLogger'))
+    monkeypatch.setattr(registry, 'installed', lambda package: True)  # past the by-name check, to the import
     with pytest.raises(ConfigError, match=r"'loggers.wandb' needs a package that is not installed \(wandb\); pip install it"):
         build_components('loggers', {'wandb': {}})
 
@@ -49,15 +49,15 @@ def test_missing_package_names_the_fix(monkeypatch):
 def test_missing_logger_package_is_named_by_preflight_before_any_import(logger, monkeypatch):
     from test_training import tiny
 
-    from t5composer import components
+    from t5composer import components, registry
     from t5composer.config import config_from_dict
-    from t5composer.training import preflight
+    from t5composer.run.preflight import preflight
 
     def must_not_import():
         raise AssertionError('the logger class was imported before the package check')
 
-    monkeypatch.setattr(components, '_installed', lambda package: package != logger)
-    monkeypatch.setitem(components.LOGGERS, logger, must_not_import)
+    monkeypatch.setattr(registry, 'installed', lambda package: package != logger)
+    monkeypatch.setattr(dict.__getitem__(components.LOGGERS, logger), 'load', must_not_import)  # the entry, not yet imported
     with pytest.raises(ConfigError) as info:
         preflight(config_from_dict(tiny(loggers={logger: {}, 'tensorboard': {}})))
     assert str(info.value).count('needs the') == 1

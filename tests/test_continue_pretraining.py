@@ -10,7 +10,8 @@ import torch
 
 from t5composer.config import config_from_dict, load_config
 from t5composer.data.c4_convert import convert_c4
-from t5composer.training import build_trainer, plan_data
+from t5composer.data.plan import plan_data
+from t5composer.run.build import build_trainer
 from test_generation import tiny_config
 from test_training import tiny
 

@@ -125,7 +125,7 @@ def test_any_flipped_byte_is_found_by_verify(data, capsys):
 
 def test_checksums_checked_at_the_start_only_when_asked(data, world, caplog):
     from t5composer.tokenization import load_tokenizer
-    from t5composer.training import DataPlan, _check_split_metadata
+    from t5composer.data.plan import DataPlan, check_splits
 
     name = shard_names(data / 'train')[0]
     flip_byte(data / 'train' / name)
@@ -134,7 +134,7 @@ def test_checksums_checked_at_the_start_only_when_asked(data, world, caplog):
 
     def check(*overrides: str) -> dict:
         cfg = _config(f'tokenizer.name={world["tok"]}', 'data.input_length=64', *overrides, data=str(data))
-        return _check_split_metadata(cfg, plan, tokenizer, L64, world_size=1)
+        return check_splits(cfg, plan, tokenizer, L64, world_size=1)
 
     assert check() == {'train': True, 'val': True}  # sizes and row counts agree: a stat per shard finds nothing
     with pytest.raises(ConfigError) as info:
@@ -239,7 +239,7 @@ def test_a_shard_that_does_not_decompress_is_named_not_skipped(data):
 
 def test_old_splits_without_checksums_still_train_and_verify_says_so(data, world, capsys, caplog):
     from t5composer.tokenization import load_tokenizer
-    from t5composer.training import DataPlan, _check_split_metadata
+    from t5composer.data.plan import DataPlan, check_splits
 
     for split in ('train', 'val'):
         idx = index(data / split)
@@ -250,8 +250,8 @@ def test_old_splits_without_checksums_still_train_and_verify_says_so(data, world
     status, out = _verify(data, capsys)
     assert status == 0 and 'index.json records no shard checksums' in out and 'every row 70 tokens' in out
     cfg = _config(f'tokenizer.name={world["tok"]}', 'data.input_length=64', 'data.verify_hashes=true', data=str(data))
-    with caplog.at_level(logging.WARNING, logger='t5composer.training'):
-        hashed = _check_split_metadata(cfg, DataPlan(tokenizer_name=str(world['tok']), local=str(data), remote=None),
+    with caplog.at_level(logging.WARNING, logger='t5composer.data.plan'):
+        hashed = check_splits(cfg, DataPlan(tokenizer_name=str(world['tok']), local=str(data), remote=None),
                                        load_tokenizer(str(world['tok'])), L64, world_size=1)
     assert hashed == {'train': False, 'val': False} and 'no shard checksums' in caplog.text
     assert next(iter(_loader(data)))['input_ids'].shape == (4, 64)
@@ -261,7 +261,7 @@ def test_remote_cache_checks(data, world, tmp_path, monkeypatch):
     """A remote split: rows from the store's index, and a local cache that is not the store's."""
     import t5composer.data.locations as locations
     from t5composer.tokenization import load_tokenizer
-    from t5composer.training import DataPlan, _check_split_metadata
+    from t5composer.data.plan import DataPlan, check_splits
 
     monkeypatch.setattr(locations, 'fetch_remote_file',
                         lambda url, dest, timeout=60.0: shutil.copyfile(data / url.removeprefix('s3://bucket/c4/'), dest))
@@ -272,10 +272,10 @@ def test_remote_cache_checks(data, world, tmp_path, monkeypatch):
 
     def problems() -> str:
         with pytest.raises(ConfigError) as info:
-            _check_split_metadata(cfg, plan, tokenizer, L64, world_size=1)
+            check_splits(cfg, plan, tokenizer, L64, world_size=1)
         return str(info.value)
 
-    assert _check_split_metadata(cfg, plan, tokenizer, L64, world_size=1)['train']  # nothing cached yet: fine
+    assert check_splits(cfg, plan, tokenizer, L64, world_size=1)['train']  # nothing cached yet: fine
     shutil.copytree(data / 'train', cache / 'train')
     (cache / 'train' / shard_names(data / 'train')[0]).write_bytes(b'short')
     assert f'The local cache {cache / "train"} of data.remote holds damaged files' in problems()
@@ -303,13 +303,13 @@ def test_the_size_rule_is_what_streaming_and_the_sampler_do(world_size, workers)
     too, and none when rows < global_train_batch_size - world_size + 1 (short of its padding)."""
     from torch.utils.data.distributed import DistributedSampler
 
-    from t5composer.training import _split_size_problem
+    from t5composer.data.preflight import split_size_problem
 
     for global_batch in (world_size, 4 * world_size, 8 * world_size):
         cfg = _config(global_batch=global_batch)
         device = global_batch // world_size
         for rows in range(max(1, global_batch - 3 * world_size), global_batch + 3 * world_size):
-            refused = _split_size_problem(cfg, what='x', rows=rows, world_size=world_size, train=True, more=None) is not None
+            refused = split_size_problem(cfg, what='x', rows=rows, world_size=world_size, train=True, more=None) is not None
             sampler = [len(DistributedSampler(range(rows), num_replicas=world_size, rank=r, drop_last=True)) // device
                        for r in range(world_size)]
             assert refused == (min(sampler) == 0), (rows, global_batch)
@@ -322,24 +322,24 @@ def test_the_size_rule_is_what_streaming_and_the_sampler_do(world_size, workers)
 
 
 def test_the_message_offers_a_batch_that_divides_and_eval_is_checked_under_compile():
-    from t5composer.training import _split_size_problem
+    from t5composer.data.preflight import split_size_problem
 
     cfg = _config(global_batch=64)
-    message = _split_size_problem(cfg, what="Split 'train'", rows=41, world_size=4, train=True, more=None)
+    message = split_size_problem(cfg, what="Split 'train'", rows=41, world_size=4, train=True, more=None)
     assert 'holds 41 rows, fewer than one global batch (global_train_batch_size 64)' in message
     assert 'at most 40 (a multiple of the 4 processes)' in message
-    assert 'Run on fewer than 4 processes' in _split_size_problem(cfg, what='x', rows=3, world_size=4, train=True, more=None)
-    assert _split_size_problem(cfg, what='x', rows=3, world_size=4, train=False, more=None) is None  # eval keeps its partial batch
+    assert 'Run on fewer than 4 processes' in split_size_problem(cfg, what='x', rows=3, world_size=4, train=True, more=None)
+    assert split_size_problem(cfg, what='x', rows=3, world_size=4, train=False, more=None) is None  # eval keeps its partial batch
     compiled = _config('compile=true', 'device_eval_batch_size=8', global_batch=64)
-    assert _split_size_problem(compiled, what='x', rows=32, world_size=4, train=False, more=None) is None
-    assert 'Lower device_eval_batch_size to at most 7 or set compile=false' in _split_size_problem(
+    assert split_size_problem(compiled, what='x', rows=32, world_size=4, train=False, more=None) is None
+    assert 'Lower device_eval_batch_size to at most 7 or set compile=false' in split_size_problem(
         compiled, what='x', rows=31, world_size=4, train=False, more=None)
 
 
 def test_sni_batch_larger_than_the_split_is_refused_before_any_dataset(world, monkeypatch, tmp_path):
     """The builtin synthetic tasks with a huge batch: refused, and no dataset or sampler is built."""
     import t5composer.data.sni as sni
-    from t5composer.training import build_trainer
+    from t5composer.run.build import build_trainer
 
     monkeypatch.delenv('WORLD_SIZE', raising=False)
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from t5composer.config import ConfigError, config_from_dict
-from t5composer.training import build_trainer, plan_data
+from t5composer.data.plan import plan_data
+from t5composer.run.build import build_trainer
 from test_training import tiny
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,7 +101,7 @@ def test_checkpoint_init_needs_load_path():
 
 
 def test_sni_root_that_is_not_a_checkout_is_named(tmp_path):
-    from t5composer.training import preflight
+    from t5composer.run.preflight import preflight
 
     cfg = config_from_dict(ft(data={'name': 'sni', 'root': str(tmp_path)}))
     with pytest.raises(ConfigError, match=r'is not a natural-instructions checkout: it needs tasks/<task>.json'):

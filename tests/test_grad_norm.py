@@ -15,7 +15,7 @@ from t5composer import components
 from t5composer.config import config_from_dict
 from t5composer.optim.clipping import GradientClipping
 from t5composer.optim.grad_norm import step_grad_norm
-from t5composer.training import build_trainer
+from t5composer.run.build import build_trainer
 from test_training import tiny
 
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -115,5 +115,5 @@ def test_one_norm_per_step_for_clipping_guard_and_log(monkeypatch, tmp_path):
     # Composer's own GradientClipping computes a second one: the counter sees it.
     from composer.algorithms import GradientClipping as ComposersClipping
 
-    monkeypatch.setitem(components.ALGORITHMS, 'gradient_clipping', lambda: ComposersClipping)
+    monkeypatch.setitem(components.ALGORITHMS, 'gradient_clipping', ComposersClipping)
     assert _norms_per_batch(monkeypatch, tmp_path) == {1: 2, 2: 2, 3: 2, 4: 2}

@@ -103,7 +103,7 @@ def test_labels_are_folder_names_made_unique_by_their_parent(tmp_path):
 @pytest.fixture(scope='module')
 def tiny_run(tmp_path_factory):
     """12 batches, eval every 4, with TensorBoard and nothing declared about the lr."""
-    from t5composer.training import build_trainer
+    from t5composer.run.build import build_trainer
 
     folder = tmp_path_factory.mktemp('runs') / 'tiny_adamwscale'
     cfg = config_from_dict(tiny(max_duration='12ba', eval_interval='4ba', save_folder=str(folder), save_interval='12ba',
@@ -173,7 +173,7 @@ def test_plot_script_overlays_a_real_run_and_a_resumed_synthetic_one(tiny_run, t
 def test_a_declared_lr_monitor_is_not_doubled():
     from composer.callbacks import LRMonitor
 
-    from t5composer.training import build_trainer
+    from t5composer.run.build import build_trainer
 
     trainer = build_trainer(config_from_dict(tiny(callbacks={'lr_monitor': {}})))
     try:
@@ -183,11 +183,11 @@ def test_a_declared_lr_monitor_is_not_doubled():
 
 
 def test_tensorboard_log_dir_defaults_to_the_save_folder():
-    from t5composer.training import _with_default_log_dirs
+    from t5composer.run.build import with_default_log_dirs
 
     section = {'tensorboard': None, 'file': {}}
-    assert _with_default_log_dirs(section, 'runs/x') == {'tensorboard': {'log_dir': 'runs/x/tensorboard'}, 'file': {}}
+    assert with_default_log_dirs(section, 'runs/x') == {'tensorboard': {'log_dir': 'runs/x/tensorboard'}, 'file': {}}
     assert section == {'tensorboard': None, 'file': {}}  # the config itself is untouched
     mine = {'tensorboard': {'log_dir': '/tb', 'flush_interval': 5}}
-    assert _with_default_log_dirs(mine, 'runs/x') == mine
-    assert _with_default_log_dirs({'tensorboard': {}}, None) == {'tensorboard': {}}  # no local save folder: Composer's default
+    assert with_default_log_dirs(mine, 'runs/x') == mine
+    assert with_default_log_dirs({'tensorboard': {}}, None) == {'tensorboard': {}}  # no local save folder: Composer's default

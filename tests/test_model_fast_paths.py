@@ -196,7 +196,7 @@ def test_training_step_has_no_graph_breaks(impl, autocast, checkpointing):
 
 def test_attn_impl_recipe_key_is_checked_before_anything_is_built():
     from t5composer.config import ConfigError, load_config
-    from t5composer.training import preflight
+    from t5composer.run.preflight import preflight
 
     demo = str(Path(__file__).resolve().parents[1] / 'yamls' / 'demo.yaml')
     assert load_config(demo, ['model.attn_impl=flex']).model.attn_impl == 'flex'

@@ -10,7 +10,7 @@ from composer.core import Callback, Event
 
 from t5composer.callbacks.nonfinite_guard import NonFiniteError
 from t5composer.config import config_from_dict
-from t5composer.training import build_trainer
+from t5composer.run.build import build_trainer
 from test_training import tiny
 
 pytestmark = pytest.mark.usefixtures('one_thread')

@@ -254,7 +254,7 @@ def test_step_with_a_closure_as_composer_calls_it(name):
 @pytest.mark.slow
 def test_adafactor_recipe_trains_through_composer():
     from t5composer.config import config_from_dict
-    from t5composer.training import build_trainer
+    from t5composer.run.build import build_trainer
     from test_training import tiny
 
     trainer = build_trainer(config_from_dict(tiny(max_duration='3ba', eval_interval='3ba', optimizer={'name': 'adafactor', 'lr': 1e-2},

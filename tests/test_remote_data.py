@@ -14,7 +14,7 @@ import pytest
 
 from t5composer.config import config_from_dict
 from t5composer.data.c4_convert import convert_c4
-from t5composer.training import plan_data
+from t5composer.data.plan import plan_data
 from test_resume_kill import assert_same_training_state
 from test_training import tiny
 
@@ -120,7 +120,7 @@ def test_train_and_resume_from_s3(s3, demo_source, tmp_path):
 @pytest.mark.slow
 def test_remote_data_of_another_input_length_is_refused(s3, demo_source, tmp_path):
     from t5composer.config import ConfigError
-    from t5composer.training import build_trainer
+    from t5composer.run.build import build_trainer
 
     corpus, tok = demo_source
     url = f's3://{BUCKET}/short'

@@ -18,7 +18,8 @@ from t5composer import run_lock
 from t5composer.checkpoints import estimated_checkpoint_bytes, free_space_problem, save_folder_problem
 from t5composer.config import ConfigError, config_from_dict
 from t5composer.run_lock import LOCK_FILENAME, RunLockedError, acquire_run_lock
-from t5composer.training import build_trainer, preflight
+from t5composer.run.build import build_trainer
+from t5composer.run.preflight import preflight
 from test_training import tiny
 
 REPO = Path(__file__).resolve().parents[1]

@@ -134,4 +134,4 @@ def test_no_remote_code_and_pickles_only_for_our_own_checkpoints():
         for line in text.splitlines():
             if 'weights_only=False' in line:
                 # Full unpickling is for Composer checkpoints (documented as trusted-only).
-                assert path.name in {'training.py', 'checkpoints.py', 'hf_interchange.py'}, (path, line)
+                assert path.name in {'checkpoints.py', 'hf_interchange.py'}, (path, line)

@@ -26,7 +26,7 @@ import torch
 from composer.core import Callback, Event
 
 from t5composer.config import config_from_dict
-from t5composer.training import build_trainer
+from t5composer.run.build import build_trainer
 from test_training import tiny
 
 pytestmark = pytest.mark.usefixtures('one_thread')

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from t5composer.config import ConfigError, config_from_dict
-from t5composer.training import build_trainer, preflight
+from t5composer.run.build import build_trainer
+from t5composer.run.preflight import preflight
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -147,12 +148,15 @@ def test_command_line_runs_preflight_once(tmp_path, monkeypatch):
     import yaml
     from composer.utils import dist
 
-    import t5composer.training as training
+    import t5composer.run.build as build
+    import t5composer.run.preflight as checks
     from t5composer.cli import train_main
 
     calls = []
-    real = training.preflight
-    monkeypatch.setattr(training, 'preflight', lambda cfg, **kw: calls.append(kw) or real(cfg, **kw))
+    real = checks.preflight
+    spy = lambda cfg, **kw: calls.append(kw) or real(cfg, **kw)  # noqa: E731
+    monkeypatch.setattr(checks, 'preflight', spy)  # the command line's
+    monkeypatch.setattr(build, 'preflight', spy)  # build_trainer's
 
     def stop(*args, **kwargs):  # build_trainer's next step after its preflight
         raise ConfigError(['stopped after the checks'])
@@ -168,6 +172,21 @@ def test_command_line_runs_preflight_once(tmp_path, monkeypatch):
     assert len(calls) == 1
 
 
+def test_one_message_names_a_misspelt_option_and_a_warmup_longer_than_the_run(tmp_path, monkeypatch, capsys):
+    # composer recipes/train.py yamls/demo.yaml optimizer.lrr=0.1 max_duration=1ba: the config's values,
+    # the optimizer's options and the rest of preflight are checked in one pass, so both show at once.
+    from t5composer.cli import train_main
+
+    monkeypatch.chdir(tmp_path)  # the demo's save folder is relative; nothing may be created for a config that fails
+    assert train_main([str(REPO / 'yamls' / 'demo.yaml'), 'optimizer.lrr=0.1', 'max_duration=1ba']) == 2
+    message = capsys.readouterr().err
+    assert message.startswith('error: Invalid config (2 problem(s)):\n'), message
+    assert "'scheduler.t_warmup' (40ba) must be shorter than 'max_duration' (1ba); lower t_warmup or train longer." in message
+    assert "Unknown key 'optimizer.lrr'. Did you mean 'lr'? Valid keys here: betas, compiled, eps, lr, name, sharded_params, " \
+           "weight_decay (options of 'adamwscale')." in message
+    assert not (tmp_path / 'runs').exists()
+
+
 @pytest.mark.parametrize('micro, expected', [(3, 'must divide the per-device batch 8'), ('auto', "'auto' needs a GPU")])
 def test_preflight_microbatch(micro, expected, monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
@@ -179,14 +198,14 @@ def test_preflight_microbatch(micro, expected, monkeypatch):
 
 def test_microbatch_above_the_device_batch_runs_the_device_batch_as_one(monkeypatch):
     # pt_base (batch 128, microbatch 128) launched on 8 GPUs: 16 rows each, one microbatch of 16.
-    from t5composer.training import _batch_sizes
+    from t5composer.config.batches import batch_sizes
 
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     monkeypatch.setenv('WORLD_SIZE', '8')
     cfg = config_from_dict(tiny(global_train_batch_size=128, device_train_microbatch_size=128, device_eval_batch_size=None))
     preflight(cfg)  # no problem reported
-    assert _batch_sizes(cfg, 8) == (16, 16, 16)
-    assert _batch_sizes(cfg, 1) == (128, 128, 128)
+    assert batch_sizes(cfg, 8) == (16, 16, 16)
+    assert batch_sizes(cfg, 1) == (128, 128, 128)
 
 
 def test_first_contact_without_data_is_fast_and_gives_the_command(tmp_path):
@@ -204,7 +223,7 @@ def test_first_contact_without_data_is_fast_and_gives_the_command(tmp_path):
 def test_data_converted_for_another_length_is_refused():
     # The builtin corpus is converted for input_length 64 under one directory; point a
     # config with another length at that same directory.
-    from t5composer.training import plan_data
+    from t5composer.data.plan import plan_data
 
     plan = plan_data(config_from_dict(tiny()))
     cfg = config_from_dict(tiny(tokenizer={'name': plan.tokenizer_name},

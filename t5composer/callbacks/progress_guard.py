@@ -4,7 +4,7 @@ Composer starts a new epoch whenever the train dataloader is exhausted. A loader
 batch at all (fewer rows than one batch with ``drop_last``, a filtered-out split, a sampler that
 gives this rank nothing) would then run through empty epochs forever, never reaching a
 ``max_duration`` in batches and logging as fast as it can. The data sources are checked before
-training (:mod:`t5composer.training`), and this guard catches whatever those checks cannot see:
+training (:mod:`t5composer.data.preflight`, :mod:`t5composer.data.plan`), and this guard catches whatever those checks cannot see:
 an epoch that ends without one batch stops the run with a message.
 """
 

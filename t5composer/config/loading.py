@@ -339,21 +339,29 @@ def value_problems(cfg: TrainConfig) -> list[str]:
     return p
 
 
-def config_from_dict(data: dict) -> TrainConfig:
-    """Validate a resolved config mapping; raise :class:`ConfigError` listing every problem."""
+def config_from_dict(data: dict, *, check: bool = True) -> TrainConfig:
+    """Validate a resolved config mapping; raise :class:`ConfigError` listing every problem.
+
+    Args:
+        data: the mapping.
+        check: also check the values (:func:`value_problems`); False checks the schema (keys and
+            types) only, for a caller that reports the values' problems with the rest of
+            preflight's in one message (:func:`t5composer.run.preflight.preflight`).
+    """
     cfg = from_dict(TrainConfig, data)
-    problems = value_problems(cfg)
+    problems = value_problems(cfg) if check else []
     if problems:
         raise ConfigError(problems)
     return cfg
 
 
-def load_config(yaml_path: str | None, overrides: Sequence[str] = (), *, base: dict | None = None) -> TrainConfig:
+def load_config(yaml_path: str | None, overrides: Sequence[str] = (), *, base: dict | None = None, check: bool = True) -> TrainConfig:
     """Read ``yaml_path``, apply ``key=value`` / ``~key`` overrides, resolve interpolations, validate.
 
     Args:
         yaml_path: a recipe YAML (may be None when ``base`` holds everything).
         overrides: dotted ``key=value`` strings, applied after the file.
         base: a mapping merged underneath the file (used by tests).
+        check: see :func:`config_from_dict`.
     """
-    return config_from_dict(_resolve(yaml_path, overrides, base))
+    return config_from_dict(_resolve(yaml_path, overrides, base), check=check)

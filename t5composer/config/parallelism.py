@@ -10,11 +10,12 @@ checks must not (tests/test_fsdp_recipes.py compares them with the installed Com
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from t5composer.config.validation import check_keys, closest
 
-__all__ = ['FSDP_KEYS', 'SHARDING_STRATEGIES', 'MIXED_PRECISIONS', 'STATE_DICT_TYPES', 'BACKWARD_PREFETCHES', 'parallelism_problems']
+__all__ = ['FSDP_KEYS', 'SHARDING_STRATEGIES', 'MIXED_PRECISIONS', 'STATE_DICT_TYPES', 'BACKWARD_PREFETCHES', 'parallelism_problems',
+           'trainer_parallelism_config']
 
 # FSDPConfig's fields and their types ('any': Python objects, or None).
 FSDP_KEYS: dict[str, str] = {
@@ -122,3 +123,11 @@ def parallelism_problems(cfg: Any) -> list[str]:
                  "outside FSDP's forward, where the weights are still sharded. Set data.eval: false, or fine-tune without FSDP "
                  '(override ~parallelism_config).')
     return p
+
+
+def trainer_parallelism_config(cfg: Any) -> Optional[dict[str, Any]]:
+    """The Trainer's ``parallelism_config`` argument for a TrainConfig: ``{'fsdp': {...}}``, or None without FSDP."""
+    par = cfg.parallelism_config
+    if par is None or par.fsdp is None:
+        return None
+    return {'fsdp': dict(par.fsdp)}

@@ -13,6 +13,7 @@ import typing
 from typing import Any, Literal, Union
 
 from t5composer.errors import closest
+from t5composer.registry import check_keys
 
 __all__ = ['ConfigError', 'closest', 'from_dict', 'check_keys', 'required']
 
@@ -29,16 +30,6 @@ class ConfigError(ValueError):
 def required() -> Any:
     """A dataclass field the user must set (dataclasses need a default after other defaults)."""
     return dataclasses.field(default=None, metadata={'required': True})
-
-
-def check_keys(given: typing.Iterable[str], valid: typing.Iterable[str], where: str) -> list[str]:
-    """Problems for keys in ``given`` that are not in ``valid``."""
-    valid = list(valid)
-    return [
-        f"Unknown key '{where}{key}'.{closest(key, valid)} Valid keys here: {', '.join(sorted(valid))}."
-        for key in given
-        if key not in valid
-    ]
 
 
 def _type_name(tp: Any) -> str:

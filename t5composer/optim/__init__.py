@@ -6,7 +6,7 @@ from t5composer.optim.adamwscale import AdamWScale
 from t5composer.optim.registry import OPTIMIZERS, build_optimizer, is_no_decay, optimizer_problems, param_groups, register_optimizer
 
 # The schedules subclass Composer's scheduler, and importing Composer takes ~3 s; they load on
-# first use so that config checks (training.preflight) can use the optimizer registry quickly.
+# first use so that config checks (t5composer.run.preflight) can use the optimizer registry quickly.
 _SCHEDULER_NAMES = (
     'SCHEDULERS',
     'ConstantScheduler',

@@ -1,4 +1,4 @@
-"""Optimizer registry and parameter groups (no weight decay on biases and norm weights).
+"""Optimizers by name (:data:`t5composer.registry.optimizers`) and parameter groups (no weight decay on biases and norm weights).
 
 A builder is any callable ``builder(param_groups, *, lr, [weight_decay], **options) -> Optimizer``
 (an optimizer class qualifies). Its signature is the source of truth for which options a config
@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from t5composer.optim.adamwscale import AdamWScale
-from t5composer.registry import Registry, builder_options, check_options
+from t5composer import registry
+from t5composer.registry import builder_options, check_options
 
 __all__ = [
     'OPTIMIZERS',
@@ -29,7 +29,7 @@ __all__ = [
 
 OptimizerBuilder = Callable[..., Optimizer]
 
-OPTIMIZERS = Registry('optimizer')
+OPTIMIZERS = registry.optimizers  # adamwscale, adafactor (below), adamw
 
 # Substrings of parameter names that never get weight decay (nanoT5: bias and norm weights).
 _NO_DECAY_SUBSTRINGS = ('layer_norm', 'norm', 'bias')
@@ -38,11 +38,6 @@ _NO_DECAY_SUBSTRINGS = ('layer_norm', 'norm', 'bias')
 register_optimizer = OPTIMIZERS.register
 
 
-register_optimizer('adamwscale')(AdamWScale)
-register_optimizer('adamw')(torch.optim.AdamW)
-
-
-@register_optimizer('adafactor')
 def build_adafactor(
     params: Any,
     *,
@@ -226,12 +221,8 @@ def optimizer_problems(name: str, *, lr: float, weight_decay: float, kwargs: dic
     Returns:
         One message per problem (empty when the optimizer builds).
     """
-    from t5composer.registry import section_name_and_key_problems
-
-    options, var_kwargs = builder_options(OPTIMIZERS[name], skip_first=True) if name in OPTIMIZERS else ([], False)
-    valid = ['lr', 'weight_decay'] + [o for o in options if o not in ('lr', 'weight_decay')]
-    problems = section_name_and_key_problems('optimizer', name, OPTIMIZERS, options=valid, open_ended=var_kwargs,
-                                             given=kwargs, what='optimizer')
+    problems = OPTIMIZERS.name_problems(name)
+    problems = problems or OPTIMIZERS.option_problems(name, kwargs, also=('name', 'lr', 'weight_decay'))
     if problems:
         return problems
     try:

@@ -21,7 +21,8 @@ from composer.core import State, Time, TimeUnit
 from composer.optim import ComposerScheduler
 
 from t5composer.durations import UNIT_NAMES, parse_duration
-from t5composer.registry import Registry, builder_options, check_options
+from t5composer import registry
+from t5composer.registry import builder_options, check_options
 
 __all__ = [
     'NanoT5CosineScheduler',
@@ -331,16 +332,9 @@ def _check_warmup_total(warmup: int, total: int) -> None:
 # --------------------------------------------------------------------------------------------
 SchedulerBuilder = Callable[..., ComposerScheduler]
 
-SCHEDULERS = Registry('scheduler')
-
+SCHEDULERS = registry.schedulers  # cosine, inverse_sqrt (alias legacy), constant: the classes above
 
 register_scheduler = SCHEDULERS.register
-
-
-register_scheduler('cosine')(NanoT5CosineScheduler)
-register_scheduler('inverse_sqrt')(InverseSqrtScheduler)
-register_scheduler('legacy')(InverseSqrtScheduler)  # nanoT5's name for the same schedule
-register_scheduler('constant')(ConstantScheduler)
 
 
 def build_scheduler(name: str, *, base_lr: float, **kwargs: Any) -> ComposerScheduler:
@@ -381,11 +375,8 @@ def scheduler_problems(name: str, *, base_lr: float, kwargs: dict[str, Any]) -> 
     Returns:
         One message per problem (empty when the scheduler builds).
     """
-    from t5composer.registry import section_name_and_key_problems
-
-    options, var_kwargs = builder_options(SCHEDULERS[name], skip_first=False) if name in SCHEDULERS else ([], False)
-    problems = section_name_and_key_problems('scheduler', name, SCHEDULERS, options=[o for o in options if o != 'base_lr'],
-                                             open_ended=var_kwargs, given=kwargs, what='schedule')
+    problems = SCHEDULERS.name_problems(name)
+    problems = problems or SCHEDULERS.option_problems(name, kwargs, also=('name',))
     if problems:
         return problems
     try:
