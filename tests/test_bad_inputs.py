@@ -29,6 +29,7 @@ import torch
 
 from t5composer.config import ConfigError, load_config
 from t5composer.data.sni import SNIDataError, load_sni_split
+from t5composer.data.span_spec import SpanCorruptionSpec
 from t5composer.data.split_lock import SplitInUseError
 from t5composer.training import build_trainer, preflight
 from split_damage import drop_unpacked, flip_byte, hold_in_another_process, rewrite_rows, shard_names, stream_in_another_process
@@ -67,7 +68,7 @@ def world(tmp_path_factory) -> World:
     source.mkdir()
     _write_c4(source / 'c4-train.00000-of-00001.json.gz', texts[40:70])
     _write_c4(source / 'c4-validation.00000-of-00001.json.gz', texts[70:80])
-    convert_c4(source=str(source), out_root=root / 'mds', tokenizer=str(tok), input_length=64, progress=False)
+    convert_c4(source=str(source), out_root=root / 'mds', tokenizer=str(tok), spec=SpanCorruptionSpec(input_length=64), progress=False)
     return World(tok=Path(tok), source=source, mds=root / 'mds')
 
 
@@ -206,7 +207,7 @@ def convert(make_kwargs: Callable[[Env], dict], error: type[BaseException]) -> C
     from t5composer.data.c4_convert import convert_c4
 
     def run(env: Env) -> str:
-        kwargs = {'out_root': env.tmp / 'out', 'tokenizer': str(env.world.tok), 'input_length': 64, 'progress': False,
+        kwargs = {'out_root': env.tmp / 'out', 'tokenizer': str(env.world.tok), 'spec': SpanCorruptionSpec(input_length=64), 'progress': False,
                   **make_kwargs(env)}
         out = Path(kwargs['out_root'])
         before = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
@@ -226,7 +227,7 @@ def converted_with_warnings(make_source: Callable[[Env], Path], expect_docs: int
         source = make_source(env)
         with env.caplog.at_level(logging.WARNING, logger='t5composer.data.c4_convert'):
             meta = convert_c4(source=str(source), out_root=env.tmp / 'out', splits=['train'], tokenizer=str(env.world.tok),
-                              input_length=64, progress=False)['train']
+                              spec=SpanCorruptionSpec(input_length=64), progress=False)['train']
         assert meta['docs'] >= expect_docs and meta['rows'] > 0  # the good files' documents are all there
         return '\n'.join(r.getMessage() for r in env.caplog.records)
 
@@ -573,7 +574,7 @@ def fewer_shards_listed(env: Env) -> None:
     """Splits of several shards, then train/index.json loses its last entry."""
     from t5composer.data.c4_convert import convert_c4
 
-    convert_c4(source=str(env.world.source), out_root=env.tmp / 'mds', tokenizer=str(env.world.tok), input_length=64,
+    convert_c4(source=str(env.world.source), out_root=env.tmp / 'mds', tokenizer=str(env.world.tok), spec=SpanCorruptionSpec(input_length=64),
                size_limit=40_000, progress=False)
     _edit_json(env.tmp / 'mds' / 'train' / 'index.json', lambda idx: idx['shards'].pop())
 

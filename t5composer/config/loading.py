@@ -186,27 +186,12 @@ def _warmup_problems(cfg: TrainConfig) -> list[str]:
 
 
 def _c4_problems(cfg: TrainConfig) -> list[str]:
-    from t5composer.data.span_corruption import noise_span_counts, random_spans_helper
-
-    p: list[str] = []
     d = cfg.data
-    span_ok = True
-    if not 0.0 < d.noise_density < 1.0:
-        p.append(f"'data.noise_density' must be in (0, 1), got {d.noise_density}; T5 uses 0.15.")
-        span_ok = False
-    if d.mean_noise_span_length < 1.0:
-        p.append(f"'data.mean_noise_span_length' must be >= 1, got {d.mean_noise_span_length}; T5 uses 3.")
-        span_ok = False
-    if d.input_length < 4:
-        # random_spans_helper itself rejects lengths below 2 with a ValueError of its own.
-        p.append(f"'data.input_length' {d.input_length} is too small to hold one noise span and EOS; use at least 4 (512 is standard).")
-    elif span_ok:
-        raw_length, _ = random_spans_helper(d.input_length, d.noise_density, d.mean_noise_span_length)
-        num_noise, num_spans = noise_span_counts(raw_length, d.noise_density, d.mean_noise_span_length)
-        if raw_length - num_noise < 1:
-            p.append(f"'data.input_length' {d.input_length} is too small to hold one noise span and EOS; use at least 4 (512 is standard).")
-        elif num_spans > 100:
-            p.append(f"'data.input_length' {d.input_length} needs {num_spans} sentinel tokens but T5 tokenizers have 100; lower input_length or raise mean_noise_span_length.")
+    spec = d.span_corruption
+    p = spec.problems(key="'data.{}'")
+    if not p and spec.noise_spans > 100:
+        p.append(f"'data.input_length' {d.input_length} needs {spec.noise_spans} sentinel tokens but T5 tokenizers have 100; "
+                 'lower input_length or raise mean_noise_span_length.')
     if d.num_workers < 0:
         p.append(f"'data.num_workers' must be >= 0, got {d.num_workers}.")
     if d.builtin_corpus is not None:
@@ -215,7 +200,8 @@ def _c4_problems(cfg: TrainConfig) -> list[str]:
                 p.append(f"'{key}' must be null when 'data.builtin_corpus' is set (the builtin corpus brings its own tokenizer and data); remove one of them.")
     else:
         if d.local is None and d.remote is None:
-            p.append("Set 'data.local' (a directory of converted MDS splits) or 'data.remote'; convert C4 with: python recipes/convert_c4.py --out_root data/c4 --splits train val")
+            command = spec.convert_command(out_root='data/c4', splits=['train', 'val'], tokenizer=cfg.tokenizer.name or '<tokenizer.name>')
+            p.append(f"Set 'data.local' (a directory of converted MDS splits) or 'data.remote'; convert C4 with: {command}")
         if cfg.tokenizer.name is None:
             p.append("Set 'tokenizer.name' (e.g. google/t5-v1_1-base or a local directory with spiece.model).")
     return p
