@@ -736,7 +736,7 @@ CASES = [
     Case('precision-typo', 'precision=bf16', config('precision=bf16'), 'must be one of', "'precision'", "Did you mean 'amp_bf16'?"),
     # Values of the right type that cannot work.
     Case('lr-negative', 'optimizer.lr=-1', config('optimizer.lr=-1'), 'must be >= 0, got -1.0', "'optimizer.lr'", 'e.g. optimizer.lr=0.01'),
-    Case('lr-nan', 'optimizer.lr=.nan', config('optimizer.lr=.nan'), 'must be finite numbers, got lr=nan', "'optimizer.lr'", 'set e.g. optimizer.lr=0.01'),
+    Case('lr-nan', 'optimizer.lr=.nan', config('optimizer.lr=.nan'), 'must be a finite number, got nan', "'optimizer.lr'", 'set e.g. optimizer.lr=0.01'),
     Case('noise-density-zero', 'data.noise_density=0', config('data.noise_density=0'), 'must be in (0, 1), got 0.0', "'data.noise_density'", 'T5 uses 0.15'),
     Case('noise-density-above-one', 'data.noise_density=1.2', config('data.noise_density=1.2'), 'must be in (0, 1), got 1.2', "'data.noise_density'", 'T5 uses 0.15'),
     Case('mean-span-below-one', 'data.mean_noise_span_length=0.5', config('data.mean_noise_span_length=0.5'),

@@ -19,6 +19,7 @@ from omegaconf.errors import InterpolationKeyError, OmegaConfBaseException
 from t5composer.config.schema import DataConfig, TrainConfig
 from t5composer.config.validation import ConfigError, closest, from_dict
 from t5composer.durations import batches_of, duration_problems, parse_duration
+from t5composer.learning_rate import learning_rate_problem
 from t5composer.redaction import redact, scrub, secret_values  # noqa: F401  (re-exported: the config's public API)
 
 __all__ = ['SCHEDULE_UNITS', 'cache_dir', 'load_config', 'config_from_dict', 'value_problems', 'redact', 'scrub', 'secret_values']
@@ -251,9 +252,6 @@ def _range_problems(cfg: TrainConfig) -> list[str]:
         # It becomes a folder name (save_folder: runs/${run_name}); '..' would put the run outside its tree.
         p.append(f"'run_name' {name!r} names files and folders, so it must be non-empty, not '.' or '..', and have no '/', "
                  "'\\' or line breaks; use e.g. run_name=pt_base-lr2e-2.")
-    if not math.isfinite(cfg.optimizer.lr) or not math.isfinite(cfg.optimizer.weight_decay):
-        p.append(f"'optimizer.lr' and 'optimizer.weight_decay' must be finite numbers, got lr={cfg.optimizer.lr}, "
-                 f'weight_decay={cfg.optimizer.weight_decay}; set e.g. optimizer.lr=0.01.')
     if cfg.eval_subset_num_batches == 0 or cfg.eval_subset_num_batches < -1:
         p.append(f"'eval_subset_num_batches' must be -1 (the whole eval split) or positive, got {cfg.eval_subset_num_batches}.")
     p += duration_problems(cfg.console_log_interval, key='console_log_interval', units=('ba', 'ep'))
@@ -306,9 +304,12 @@ def value_problems(cfg: TrainConfig) -> list[str]:
     if cfg.device_eval_batch_size is not None and cfg.device_eval_batch_size <= 0:
         p.append(f"'device_eval_batch_size' must be positive, got {cfg.device_eval_batch_size}.")
     p += _warmup_problems(cfg)
-    if cfg.optimizer.lr < 0:
-        p.append(f"'optimizer.lr' must be >= 0, got {cfg.optimizer.lr}; set a positive learning rate, e.g. optimizer.lr=0.01.")
-    if cfg.optimizer.weight_decay < 0:
+    lr_problem = learning_rate_problem(cfg.optimizer.lr)
+    if lr_problem is not None:
+        p.append(f"'optimizer.lr' {lr_problem}; set e.g. optimizer.lr=0.01.")
+    if not math.isfinite(cfg.optimizer.weight_decay):
+        p.append(f"'optimizer.weight_decay' must be a finite number, got {cfg.optimizer.weight_decay}; 0.0 turns weight decay off.")
+    elif cfg.optimizer.weight_decay < 0:
         p.append(f"'optimizer.weight_decay' must be >= 0, got {cfg.optimizer.weight_decay}; 0.0 turns weight decay off.")
     p += _c4_problems(cfg) if isinstance(cfg.data, DataConfig) else _sni_problems(cfg)
     p += _init_problems(cfg)
