@@ -67,7 +67,11 @@ def noise_problems(noise_density: Any, mean_noise_span_length: Any, *, key: str 
 
 
 def check_noise(noise_density: Any, mean_noise_span_length: Any) -> None:
-    """Raise ``ValueError`` with the problems of :func:`noise_problems` (for code that takes them as arguments)."""
+    """Raise ``ValueError`` with the problems of :func:`noise_problems`.
+
+    For functions that take the two settings as arguments (the collator, the mask function,
+    :func:`random_spans_helper`).
+    """
     problems = noise_problems(noise_density, mean_noise_span_length)
     if problems:
         raise ValueError(' '.join(problems))
@@ -190,6 +194,8 @@ class SpanCorruptionSpec:
         mean_noise_span_length: average noise span length, >= 1.
     """
 
+    # The one place T5's values are written: DataConfig, the converter and its flags, and the
+    # collator take their defaults from these fields.
     input_length: int = 512
     noise_density: float = 0.15
     mean_noise_span_length: float = 3.0
