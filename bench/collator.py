@@ -66,11 +66,12 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     Args:
         args: the parsed command line (``warmup``, ``repeats`` and the ``collator_*`` options).
     """
-    from t5composer.data.span_corruption import SpanCorruptionCollator, random_spans_helper
+    from t5composer.data.span_corruption import SpanCorruptionCollator
+    from t5composer.data.span_spec import SpanCorruptionSpec
     from bench.span_corruption_reference import per_example_span_corruption
 
     batch, n_batches = args.collator_batch, args.collator_batches
-    length, _ = random_spans_helper(args.collator_input_length, 0.15, 3.0)
+    length = SpanCorruptionSpec(input_length=args.collator_input_length).expanded_length  # T5's density and span
     samples = make_samples(batch=batch, length=length)
     ours = SpanCorruptionCollator(sentinel_ids=SENTINEL_IDS, eos_id=EOS_ID, seed=0)
     rng = np.random.RandomState(0)

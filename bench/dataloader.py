@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from bench.measure import peak_memory_mib, reset_peak_memory, sync
+from t5composer.data.span_spec import SpanCorruptionSpec
 
 HELP = 'streaming + collator DataLoader samples/s (T5-base batches) for N workers'
 
@@ -57,13 +58,13 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                    help='an existing converted split directory (default: a synthetic one in a temp dir)')
 
 
-def write_synthetic_split(out: str, *, rows: int, length: int = 568, seed: int = 0) -> None:
+def write_synthetic_split(out: str, *, rows: int, length: int = SpanCorruptionSpec().expanded_length, seed: int = 0) -> None:
     """An MDS split of ``rows`` random token rows, written as ``convert_c4`` writes.
 
     Args:
         out: the split directory to create.
         rows: number of rows.
-        length: tokens per row.
+        length: tokens per row (default: T5-base's raw rows, 568).
         seed: numpy seed.
     """
     from streaming import MDSWriter

@@ -123,7 +123,7 @@ def measure_point(spec: dict[str, Any]) -> dict[str, Any]:
 
     from bench.measure import peak_memory_mib, reset_peak_memory, sync
     from bench.model import build_variant, make_batch
-    from t5composer.data.span_corruption import random_spans_helper
+    from t5composer.data.span_spec import SpanCorruptionSpec
     from t5composer.models import T5ForConditionalGeneration, load_model_config, t5_flops_per_batch
 
     device, batch_size = spec['device'], spec['batch']
@@ -135,7 +135,7 @@ def measure_point(spec: dict[str, Any]) -> dict[str, Any]:
         torch.backends.cuda.matmul.allow_tf32 = True  # as pt_base (tf32: true)
     start_mib = _current_rss_mib() if device == 'cpu' else 0.0  # torch and the interpreter, before the model
     le = spec['encoder_length']
-    ld = random_spans_helper(le, 0.15, 3.0)[1]
+    ld = SpanCorruptionSpec(input_length=le).target_length  # T5's density and span
     config = load_model_config(spec['model'], dropout_rate=0.0)
     torch.manual_seed(0)
     with torch.device(device):  # initialised where it runs: seconds less per point for large on a GPU

@@ -32,26 +32,26 @@ import re
 import statistics
 import sys
 import time
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
+
+from t5composer.data.span_spec import SpanCorruptionSpec
 
 __all__ = ['bare_step_row', 'bare_step_seconds', 'loop_report', 'parse_step_lines', 'prepare_split', 'results_name', 'side_by_side']
 
 STEP_LINE = re.compile(r'\[train\] Step (\d+) out of \S+ \|.*Seconds_per_step --> ([0-9.]+) \|')
 
 
-def prepare_split(out_root: str, *, tokenizer: str, rows: int, input_length: int = 512, noise_density: float = 0.15,
-                  mean_noise_span_length: float = 3.0, split: str = 'train', seed: int = 0) -> str:
+def prepare_split(out_root: str, *, tokenizer: str, rows: int, spec: Optional[SpanCorruptionSpec] = None,
+                  split: str = 'train', seed: int = 0) -> str:
     """Write a synthetic split ``out_root/split`` that training accepts for ``tokenizer``.
 
     Args:
         out_root: the ``data.local`` directory.
         tokenizer: what ``tokenizer.name`` will be (a saved tokenizer directory, a spiece.model, ...).
         rows: rows to write (a run of S steps of batch B needs S * B).
-        input_length: ``data.input_length`` of the run (rows get the expanded length).
-        noise_density: ``data.noise_density`` of the run.
-        mean_noise_span_length: ``data.mean_noise_span_length`` of the run.
+        spec: the run's span corruption (``data.span_corruption``; default T5's): rows get its expanded length.
         split: split name.
         seed: numpy seed of the token ids.
 
@@ -61,12 +61,12 @@ def prepare_split(out_root: str, *, tokenizer: str, rows: int, input_length: int
     from streaming import MDSWriter
 
     from t5composer.data.metadata import make_split_metadata, write_split_metadata
-    from t5composer.data.span_corruption import random_spans_helper
     from t5composer.tokenization import load_tokenizer, sentinel_ids, tokenizer_fingerprint
 
     start = time.perf_counter()
     tok = load_tokenizer(tokenizer)
-    length, _ = random_spans_helper(input_length, noise_density, mean_noise_span_length)
+    spec = spec or SpanCorruptionSpec()
+    length = spec.expanded_length
     sentinels = set(sentinel_ids(tok, 1))
     top = min(sentinels) if sentinels else len(tok)  # ordinary ids lie below the sentinels (T5 layout)
     rng = np.random.default_rng(seed)
@@ -80,8 +80,8 @@ def prepare_split(out_root: str, *, tokenizer: str, rows: int, input_length: int
                 writer.write({'tokens': row})
     meta = make_split_metadata(
         source='synthetic (bench.train_loop)', split=split, tokenizer=tokenizer,
-        tokenizer_fingerprint=tokenizer_fingerprint(tok), vocab_size=len(tok), input_length=input_length,
-        noise_density=noise_density, mean_noise_span_length=mean_noise_span_length, expanded_length=length,
+        tokenizer_fingerprint=tokenizer_fingerprint(tok), vocab_size=len(tok), input_length=spec.input_length,
+        noise_density=spec.noise_density, mean_noise_span_length=spec.mean_noise_span_length, expanded_length=length,
         docs=rows, tokens=rows * length, rows=rows, dropped_tokens=0, skipped_lines={}, encoder='synthetic',
         seconds=time.perf_counter() - start,
     )
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--out', required=True, help='data.local directory')
     p.add_argument('--tokenizer', required=True)
     p.add_argument('--rows', type=int, required=True)
-    p.add_argument('--input-length', type=int, default=512)
+    p.add_argument('--input-length', type=int, default=SpanCorruptionSpec().input_length)
     r = sub.add_parser('report', help='loop seconds per step vs the bare step')
     r.add_argument('--log', required=True, help="the training run's console output")
     r.add_argument('--model-json', default=None, help='JSON of python -m bench --only model')
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument('--results-dir', default=None, help='write everything to <dir>/<gpu>-<date>.json')
     args = parser.parse_args(argv)
     if args.command == 'prepare':
-        split_dir = prepare_split(args.out, tokenizer=args.tokenizer, rows=args.rows, input_length=args.input_length)
+        split_dir = prepare_split(args.out, tokenizer=args.tokenizer, rows=args.rows, spec=SpanCorruptionSpec(input_length=args.input_length))
         print(f'wrote {args.rows:,} synthetic rows to {split_dir}')
         return 0
     return _report(args)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from t5composer.atomic_files import PARTIAL_PREFIX, write_atomically
-from t5composer.config.validation import ConfigError
+from t5composer.errors import ConfigError
 from t5composer.errors import describe_os_error, format_bytes, os_error_advice
 from t5composer.run_lock import RunLockedError, acquire_run_lock
 

@@ -244,6 +244,9 @@ def convert_c4_main(argv: Optional[Sequence[str]] = None) -> int:
     Args:
         argv: the command line without the program name (default: ``sys.argv[1:]``).
     """
+    from t5composer.data.span_spec import SpanCorruptionSpec
+
+    t5 = SpanCorruptionSpec()  # the flags' defaults: T5's span corruption
     p = argparse.ArgumentParser(description=CONVERT_C4_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--source', default='allenai/c4',
                    help="'allenai/c4' (hub, subset en), an fsspec URL, or a local dir like the hub's en/ folder")
@@ -252,9 +255,9 @@ def convert_c4_main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--local', default=None, help='with a remote --out_root: where shards are staged before upload (default: a temp dir)')
     p.add_argument('--splits', nargs='+', default=['train', 'val'], choices=['train', 'val'])
     p.add_argument('--tokenizer', default='google/t5-v1_1-base', help='hub name, tokenizer dir or spiece.model')
-    p.add_argument('--input_length', type=int, default=512)
-    p.add_argument('--noise_density', type=float, default=0.15)
-    p.add_argument('--mean_noise_span_length', type=float, default=3.0)
+    p.add_argument('--input_length', type=int, default=t5.input_length, help='encoder input length the rows are made for')
+    p.add_argument('--noise_density', type=float, default=t5.noise_density)
+    p.add_argument('--mean_noise_span_length', type=float, default=t5.mean_noise_span_length)
     p.add_argument('--max_docs', type=int, default=None, help='stop each split after N good documents')
     p.add_argument('--num_workers', type=int, default=1, help='tokenizers: 1 = a thread beside the reader and writer; N >= 2 = N processes (useful up to ~4)')
     p.add_argument('--overwrite', action='store_true', help='replace existing split directories')
@@ -275,8 +278,9 @@ def convert_c4_main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         results = convert_c4(
             source=args.source, out_root=args.out_root, splits=args.splits, tokenizer=args.tokenizer,
-            input_length=args.input_length, noise_density=args.noise_density,
-            mean_noise_span_length=args.mean_noise_span_length, max_docs=args.max_docs,
+            spec=SpanCorruptionSpec(input_length=args.input_length, noise_density=args.noise_density,
+                                    mean_noise_span_length=args.mean_noise_span_length),
+            max_docs=args.max_docs,
             num_workers=args.num_workers, overwrite=args.overwrite,
             compression=None if args.compression.lower() == 'none' else args.compression,
             size_limit=args.size_limit, progress=not args.no_progress, subset=args.subset,

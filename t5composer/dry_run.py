@@ -29,7 +29,6 @@ from t5composer.config.parallelism import trainer_parallelism_config
 from t5composer.config.schema import SNIDataConfig, TrainConfig
 from t5composer.config.validation import ConfigError
 from t5composer.data.plan import check_splits
-from t5composer.data.span_corruption import random_spans_helper
 from t5composer.durations import batches_of
 from t5composer.errors import format_bytes
 from t5composer.run.preflight import preflight
@@ -333,7 +332,7 @@ def _lengths(cfg: TrainConfig) -> tuple[int, int]:
     d = cfg.data
     if isinstance(d, SNIDataConfig):
         return d.max_source_length, d.max_target_length
-    return d.input_length, random_spans_helper(d.input_length, d.noise_density, d.mean_noise_span_length)[1]
+    return d.input_length, d.span_corruption.target_length
 
 
 def _gib(x: float) -> str:
@@ -390,8 +389,7 @@ def dry_run(cfg: TrainConfig, *, recipe: str = '<config>', gpus: Optional[int] =
         # Local splits exist: refuse data converted with another tokenizer or length, damaged shards,
         # and splits (the builtin corpus's too) smaller than one batch of the target world, as a run would.
         d = cfg.data
-        check_splits(cfg, run.data, tokenizer, random_spans_helper(d.input_length, d.noise_density, d.mean_noise_span_length)[0],
-                     world_size=world)
+        check_splits(cfg, run.data, tokenizer, d.span_corruption.expanded_length, world_size=world)
 
     with torch.device('meta'):  # shapes only: no memory, no init
         model = build_composer_t5(config=model_config, init='random', lm_head_init_std=cfg.model.lm_head_init_std,

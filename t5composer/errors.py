@@ -9,7 +9,20 @@ import difflib
 import errno
 from typing import Iterable
 
-__all__ = ['closest', 'describe_os_error', 'format_bytes', 'os_error_advice']
+__all__ = ['ConfigError', 'closest', 'describe_os_error', 'format_bytes', 'os_error_advice']
+
+class ConfigError(ValueError):
+    """A config (or the data and files it names) that cannot be used; the message lists every problem found.
+
+    Args:
+        problems: one message per problem, each saying what is wrong, where, and how to fix it.
+    """
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        lines = '\n'.join(f'  - {p}' for p in self.problems)
+        super().__init__(f'Invalid config ({len(self.problems)} problem(s)):\n{lines}')
+
 
 _ADVICE = {
     errno.EACCES: 'check its permissions, or choose a location you can write to',

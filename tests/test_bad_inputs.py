@@ -29,6 +29,7 @@ import torch
 
 from t5composer.config import ConfigError, load_config
 from t5composer.data.sni import SNIDataError, load_sni_split
+from t5composer.data.span_spec import SpanCorruptionSpec
 from t5composer.data.split_lock import SplitInUseError
 from t5composer.run.build import build_trainer
 from t5composer.run.preflight import preflight
@@ -68,7 +69,7 @@ def world(tmp_path_factory) -> World:
     source.mkdir()
     _write_c4(source / 'c4-train.00000-of-00001.json.gz', texts[40:70])
     _write_c4(source / 'c4-validation.00000-of-00001.json.gz', texts[70:80])
-    convert_c4(source=str(source), out_root=root / 'mds', tokenizer=str(tok), input_length=64, progress=False)
+    convert_c4(source=str(source), out_root=root / 'mds', tokenizer=str(tok), spec=SpanCorruptionSpec(input_length=64), progress=False)
     return World(tok=Path(tok), source=source, mds=root / 'mds')
 
 
@@ -207,7 +208,7 @@ def convert(make_kwargs: Callable[[Env], dict], error: type[BaseException]) -> C
     from t5composer.data.c4_convert import convert_c4
 
     def run(env: Env) -> str:
-        kwargs = {'out_root': env.tmp / 'out', 'tokenizer': str(env.world.tok), 'input_length': 64, 'progress': False,
+        kwargs = {'out_root': env.tmp / 'out', 'tokenizer': str(env.world.tok), 'spec': SpanCorruptionSpec(input_length=64), 'progress': False,
                   **make_kwargs(env)}
         out = Path(kwargs['out_root'])
         before = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
@@ -227,7 +228,7 @@ def converted_with_warnings(make_source: Callable[[Env], Path], expect_docs: int
         source = make_source(env)
         with env.caplog.at_level(logging.WARNING, logger='t5composer.data.c4_convert'):
             meta = convert_c4(source=str(source), out_root=env.tmp / 'out', splits=['train'], tokenizer=str(env.world.tok),
-                              input_length=64, progress=False)['train']
+                              spec=SpanCorruptionSpec(input_length=64), progress=False)['train']
         assert meta['docs'] >= expect_docs and meta['rows'] > 0  # the good files' documents are all there
         return '\n'.join(r.getMessage() for r in env.caplog.records)
 
@@ -574,7 +575,7 @@ def fewer_shards_listed(env: Env) -> None:
     """Splits of several shards, then train/index.json loses its last entry."""
     from t5composer.data.c4_convert import convert_c4
 
-    convert_c4(source=str(env.world.source), out_root=env.tmp / 'mds', tokenizer=str(env.world.tok), input_length=64,
+    convert_c4(source=str(env.world.source), out_root=env.tmp / 'mds', tokenizer=str(env.world.tok), spec=SpanCorruptionSpec(input_length=64),
                size_limit=40_000, progress=False)
     _edit_json(env.tmp / 'mds' / 'train' / 'index.json', lambda idx: idx['shards'].pop())
 
@@ -736,7 +737,7 @@ CASES = [
     Case('precision-typo', 'precision=bf16', config('precision=bf16'), 'must be one of', "'precision'", "Did you mean 'amp_bf16'?"),
     # Values of the right type that cannot work.
     Case('lr-negative', 'optimizer.lr=-1', config('optimizer.lr=-1'), 'must be >= 0, got -1.0', "'optimizer.lr'", 'e.g. optimizer.lr=0.01'),
-    Case('lr-nan', 'optimizer.lr=.nan', config('optimizer.lr=.nan'), 'must be finite numbers, got lr=nan', "'optimizer.lr'", 'set e.g. optimizer.lr=0.01'),
+    Case('lr-nan', 'optimizer.lr=.nan', config('optimizer.lr=.nan'), 'must be a finite number, got nan', "'optimizer.lr'", 'set e.g. optimizer.lr=0.01'),
     Case('noise-density-zero', 'data.noise_density=0', config('data.noise_density=0'), 'must be in (0, 1), got 0.0', "'data.noise_density'", 'T5 uses 0.15'),
     Case('noise-density-above-one', 'data.noise_density=1.2', config('data.noise_density=1.2'), 'must be in (0, 1), got 1.2', "'data.noise_density'", 'T5 uses 0.15'),
     Case('mean-span-below-one', 'data.mean_noise_span_length=0.5', config('data.mean_noise_span_length=0.5'),

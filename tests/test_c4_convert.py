@@ -18,6 +18,7 @@ from t5composer.data import c4_convert
 from t5composer.data.c4_convert import convert_c4
 from t5composer.data.c4_source import iter_c4_lines, list_split_files, parse_c4_line
 from t5composer.data.metadata import META_FILENAME, check_split_metadata, read_split_metadata
+from t5composer.data.span_spec import SpanCorruptionSpec
 from t5composer.tokenization import BatchEncoder, load_tokenizer, tokenizer_fingerprint
 from t5composer.tokenizer_training import train_tokenizer
 from conftest import shared_data
@@ -107,7 +108,7 @@ def expected_stream(tok, texts, backend='auto') -> np.ndarray:
 @pytest.fixture(scope='session')
 def converted(tmp_path_factory, c4_dir, tok_dir) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp('out') / 'c4_mds'
-    meta = convert_c4(source=str(c4_dir[0]), out_root=out, tokenizer=str(tok_dir), input_length=64, progress=False)
+    meta = convert_c4(source=str(c4_dir[0]), out_root=out, tokenizer=str(tok_dir), spec=SpanCorruptionSpec(input_length=64), progress=False)
     return out, meta
 
 
@@ -155,7 +156,7 @@ def test_rows_equal_tokenized_docs_plus_eos(converted, c4_dir, tok_dir, tmp_path
 def test_bad_lines_counted_and_reported(tmp_path, c4_dir, tok_dir, caplog):
     with caplog.at_level(logging.WARNING, logger='t5composer.data.c4_convert'):
         meta = convert_c4(source=str(c4_dir[0]), out_root=tmp_path / 'o', splits=['train'], tokenizer=str(tok_dir),
-                          input_length=64, progress=False)['train']
+                          spec=SpanCorruptionSpec(input_length=64), progress=False)['train']
     expected = {reason: 1 for _, reason in BAD_LINES}
     expected['unreadable_file'] = 1
     assert meta['skipped_lines'] == expected
@@ -200,14 +201,14 @@ def test_row_bytes_equal_streaming_encoding(length):
 
 def test_two_workers_identical_and_tokenizers_backend(converted, c4_dir, tok_dir, tmp_path):
     out, meta = converted
-    meta2 = convert_c4(source=str(c4_dir[0]), out_root=tmp_path / 'w2', tokenizer=str(tok_dir), input_length=64,
+    meta2 = convert_c4(source=str(c4_dir[0]), out_root=tmp_path / 'w2', tokenizer=str(tok_dir), spec=SpanCorruptionSpec(input_length=64),
                        num_workers=2, chunk_docs=7, progress=False)
     for split in ('train', 'val'):
         assert _strip_volatile(meta2[split]) == _strip_volatile(meta[split])
         for name in ('index.json', 'shard.00000.mds.zstd'):
             assert (tmp_path / 'w2' / split / name).read_bytes() == (out / split / name).read_bytes()
     hf = convert_c4(source=str(c4_dir[0]), out_root=tmp_path / 'hf', splits=['val'], tokenizer=str(tok_dir),
-                    input_length=64, encoder='tokenizers', progress=False)['val']
+                    spec=SpanCorruptionSpec(input_length=64), encoder='tokenizers', progress=False)['val']
     assert hf['encoder'] == 'tokenizers'
     rows = read_rows(tmp_path / 'hf' / 'val', tmp_path)
     stream = expected_stream(load_tokenizer(tok_dir), c4_dir[2], backend='tokenizers')
@@ -228,14 +229,14 @@ def test_one_worker_tokenizes_on_its_own_thread(tmp_path, c4_dir, tok_dir, monke
 
     monkeypatch.setattr(tokenization.BatchEncoder, '__call__', recording)
     meta = convert_c4(source=str(c4_dir[0]), out_root=tmp_path / 'one', splits=['val'], tokenizer=str(tok_dir),
-                      input_length=64, chunk_docs=3, progress=False)['val']
+                      spec=SpanCorruptionSpec(input_length=64), chunk_docs=3, progress=False)['val']
     assert meta['docs'] > 3 and threads and all(t.startswith('t5composer-tokenizer') for t in threads)
 
 
 def test_max_docs(tmp_path, c4_dir, tok_dir):
     for workers in (1, 2):
         meta = convert_c4(source=str(c4_dir[0]), out_root=tmp_path / f'm{workers}', splits=['train'],
-                          tokenizer=str(tok_dir), input_length=64, max_docs=12, num_workers=workers,
+                          tokenizer=str(tok_dir), spec=SpanCorruptionSpec(input_length=64), max_docs=12, num_workers=workers,
                           chunk_docs=5, progress=False)['train']
         assert meta['docs'] == 12
         # Bad lines are counted only up to the 12th good document (bad lines 2, 4, .., 16).
@@ -248,11 +249,11 @@ def test_max_docs(tmp_path, c4_dir, tok_dir):
 
 def test_overwrite_semantics(tmp_path, c4_dir, tok_dir):
     kw = dict(source=str(c4_dir[0]), out_root=tmp_path / 'ow', splits=['val'], tokenizer=str(tok_dir), progress=False)
-    first = convert_c4(input_length=64, **kw)['val']
+    first = convert_c4(spec=SpanCorruptionSpec(input_length=64), **kw)['val']
     with pytest.raises(FileExistsError, match='--overwrite'):
-        convert_c4(input_length=32, **kw)
+        convert_c4(spec=SpanCorruptionSpec(input_length=32), **kw)
     assert read_split_metadata(tmp_path / 'ow' / 'val') == first  # untouched
-    second = convert_c4(input_length=32, overwrite=True, **kw)['val']
+    second = convert_c4(spec=SpanCorruptionSpec(input_length=32), overwrite=True, **kw)['val']
     assert read_split_metadata(tmp_path / 'ow' / 'val') == second
     assert second['expanded_length'] != first['expanded_length']
     assert sorted(p.name for p in (tmp_path / 'ow').iterdir()) == ['val']
@@ -260,7 +261,7 @@ def test_overwrite_semantics(tmp_path, c4_dir, tok_dir):
 
 def test_failure_leaves_no_temp_dir(tmp_path, c4_dir, tok_dir, monkeypatch):
     out = tmp_path / 'fail'
-    convert_c4(source=str(c4_dir[0]), out_root=out, splits=['val'], tokenizer=str(tok_dir), input_length=64, progress=False)
+    convert_c4(source=str(c4_dir[0]), out_root=out, splits=['val'], tokenizer=str(tok_dir), spec=SpanCorruptionSpec(input_length=64), progress=False)
     before = (out / 'val' / 'index.json').read_bytes()
     import t5composer.tokenization as tokenization
 
@@ -275,7 +276,7 @@ def test_failure_leaves_no_temp_dir(tmp_path, c4_dir, tok_dir, monkeypatch):
     monkeypatch.setattr(tokenization.BatchEncoder, '__call__', flaky)
     with pytest.raises(RuntimeError, match='boom'):
         convert_c4(source=str(c4_dir[0]), out_root=out, splits=['train', 'val'], tokenizer=str(tok_dir),
-                   input_length=64, overwrite=True, chunk_docs=4, progress=False)
+                   spec=SpanCorruptionSpec(input_length=64), overwrite=True, chunk_docs=4, progress=False)
     assert sorted(p.name for p in out.iterdir()) == ['val']  # no .train.tmp-*, no train
     assert (out / 'val' / 'index.json').read_bytes() == before
 
@@ -296,14 +297,14 @@ def test_full_disk_mid_split_leaves_no_split_and_killed_leftovers_are_removed(tm
 
     monkeypatch.setattr(MDSWriter, 'write', disk_full)
     with pytest.raises(OSError, match='No space left'):
-        convert_c4(source=str(c4_dir[0]), out_root=out, splits=['val'], tokenizer=str(tok_dir), input_length=64, progress=False)
+        convert_c4(source=str(c4_dir[0]), out_root=out, splits=['val'], tokenizer=str(tok_dir), spec=SpanCorruptionSpec(input_length=64), progress=False)
     assert list(out.iterdir()) == []  # no split, no temporary folder
     monkeypatch.setattr(MDSWriter, 'write', real)
 
     # A conversion killed mid-way leaves its temporary folder; the next one removes it.
     dead = out / '.val.tmp-999999999'
     (dead / 'shard').mkdir(parents=True)
-    convert_c4(source=str(c4_dir[0]), out_root=out, splits=['val'], tokenizer=str(tok_dir), input_length=64, progress=False)
+    convert_c4(source=str(c4_dir[0]), out_root=out, splits=['val'], tokenizer=str(tok_dir), spec=SpanCorruptionSpec(input_length=64), progress=False)
     assert sorted(p.name for p in out.iterdir()) == ['val']
 
 

@@ -10,6 +10,7 @@ import torch
 
 from t5composer.config import config_from_dict, load_config
 from t5composer.data.c4_convert import convert_c4
+from t5composer.data.span_spec import SpanCorruptionSpec
 from t5composer.data.plan import plan_data
 from t5composer.run.build import build_trainer
 from test_generation import tiny_config
@@ -30,7 +31,7 @@ def test_continue_pretraining_from_local_hf_weights_on_an_inhouse_corpus(tmp_pat
     torch.manual_seed(0)
     hf_dir = export_hf(model=T5ForConditionalGeneration(tiny_config(vocab_size=640)), out_dir=tmp_path / 'hf_model', tokenizer=str(tok))
     # The in-house corpus, converted from a local folder with the model's tokenizer.
-    convert_c4(source=str(tok.parent / 'corpus'), out_root=tmp_path / 'inhouse', tokenizer=str(hf_dir), input_length=64,
+    convert_c4(source=str(tok.parent / 'corpus'), out_root=tmp_path / 'inhouse', tokenizer=str(hf_dir), spec=SpanCorruptionSpec(input_length=64),
                max_docs=40, progress=False)
 
     cfg = load_config(str(REPO / 'yamls' / 'pt_continue.yaml'), [

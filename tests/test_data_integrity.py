@@ -21,6 +21,7 @@ import torch
 
 from t5composer.config import ConfigError, load_config
 from t5composer.data.c4_convert import convert_c4
+from t5composer.data.span_spec import SpanCorruptionSpec
 from t5composer.data.split_lock import READER_LOCK_FILENAME, SplitInUseError, hold_reader_lock
 from t5composer.data.streaming import CorruptDataError, build_span_dataloader, open_error_advice
 from t5composer.data.verify import SHARD_HASH, check_files, read_index, verify_main
@@ -53,7 +54,7 @@ def world(tmp_path_factory):
     for name, part in (('c4-train.00000-of-00001.json.gz', texts[40:70]), ('c4-validation.00000-of-00001.json.gz', texts[70:80])):
         with gzip.open(source / name, 'wb') as f:
             f.writelines(json.dumps({'text': t}).encode() + b'\n' for t in part)
-    convert_c4(source=str(source), out_root=root / 'mds', tokenizer=str(tok), input_length=64, size_limit=40_000, progress=False)
+    convert_c4(source=str(source), out_root=root / 'mds', tokenizer=str(tok), spec=SpanCorruptionSpec(input_length=64), size_limit=40_000, progress=False)
     return {'tok': Path(tok), 'source': source, 'mds': root / 'mds'}
 
 
@@ -376,7 +377,7 @@ def test_convert_overwrite_refused_while_a_run_reads_the_split(data, world):
 def test_locks_between_readers_and_the_converter(data, world, monkeypatch):
     import t5composer.data.split_lock as split_lock
 
-    kwargs = dict(source=str(world['source']), out_root=data, splits=['train'], tokenizer=str(world['tok']), input_length=64,
+    kwargs = dict(source=str(world['source']), out_root=data, splits=['train'], tokenizer=str(world['tok']), spec=SpanCorruptionSpec(input_length=64),
                   overwrite=True, progress=False)
     with locked_by_another_process(data / 'train', 'reader') as reader:
         with pytest.raises(SplitInUseError, match=f'is being read by running process\\(es\\) {reader.pid} '):

@@ -2,7 +2,7 @@
 
 - No module imports a private (underscore) name from another project module: what a module
   offers to others is public and documented, so the real dependencies show in the names.
-- The bottom layer (errors, durations, redaction, atomic_files) imports nothing from the project,
+- The bottom layer (errors, durations, redaction, atomic_files, learning_rate) imports nothing from the project,
   so every other module may use it without creating a cycle.
 """
 
@@ -12,7 +12,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / 't5composer'
-BOTTOM = ('errors', 'durations', 'redaction', 'atomic_files')
+BOTTOM = ('errors', 'durations', 'redaction', 'atomic_files', 'learning_rate')
 
 
 def _module_name(path: Path) -> str:
@@ -70,3 +70,43 @@ def test_the_bottom_layer_imports_nothing_of_the_project():
         assert path.is_file(), path
         offenders += [f'{path.name}:{line} imports {module}' for line, module, _ in _project_imports(path)]
     assert not offenders, 'the bottom layer must import nothing from t5composer:\n' + '\n'.join(offenders)
+
+
+def _module_level_imports(path: Path, known: set[str]) -> set[str]:
+    """Project modules ``path`` imports when it is itself imported (not inside functions)."""
+    tree = ast.parse(path.read_text(encoding='utf-8'), filename=str(path))
+    deps: set[str] = set()
+    nodes = list(tree.body)
+    for node in tree.body:  # a guarded import (if / try at module level) runs on import too
+        if isinstance(node, (ast.If, ast.Try)):
+            nodes += node.body + node.orelse + [n for h in getattr(node, 'handlers', []) for n in h.body]
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            deps |= {a.name for a in node.names if a.name in known}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or '') in known | {'t5composer'}:
+            for alias in node.names:
+                full = f'{node.module}.{alias.name}'
+                deps.add(full if full in known else node.module)
+    return deps - {_module_name(path)}
+
+
+def test_no_import_cycles_between_modules():
+    # With no cycle, the modules form layers: each can be read (and tested) after what it imports.
+    paths = {_module_name(p): p for p in _modules()}
+    graph = {name: _module_level_imports(path, set(paths)) for name, path in paths.items()}
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def visit(name: str, trail: list[str]) -> None:
+        state[name] = 1
+        for dep in sorted(graph[name]):
+            if state.get(dep) == 1:
+                cycles.append(trail[trail.index(dep):] + [dep] if dep in trail else [name, dep])
+            elif dep not in state:
+                visit(dep, trail + [dep])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert not cycles, 'module-level import cycles:\n' + '\n'.join(' -> '.join(c) for c in cycles)

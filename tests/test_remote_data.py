@@ -14,6 +14,7 @@ import pytest
 
 from t5composer.config import config_from_dict
 from t5composer.data.c4_convert import convert_c4
+from t5composer.data.span_spec import SpanCorruptionSpec
 from t5composer.data.plan import plan_data
 from test_resume_kill import assert_same_training_state
 from test_training import tiny
@@ -64,7 +65,7 @@ def keys(client, prefix: str) -> list[str]:
 def test_convert_straight_to_s3(s3, demo_source, tmp_path):
     corpus, tok = demo_source
     url = f's3://{BUCKET}/convert'
-    meta = convert_c4(source=str(corpus), out_root=url, splits=['val'], tokenizer=str(tok), input_length=64,
+    meta = convert_c4(source=str(corpus), out_root=url, splits=['val'], tokenizer=str(tok), spec=SpanCorruptionSpec(input_length=64),
                       progress=False, size_limit='64kb', local=tmp_path / 'staging')
     objects = keys(s3, 'convert/val/')
     assert 'convert/val/index.json' in objects and 'convert/val/t5composer_meta.json' in objects
@@ -73,8 +74,8 @@ def test_convert_straight_to_s3(s3, demo_source, tmp_path):
     assert not any(p.is_file() for p in (tmp_path / 'staging').rglob('*'))  # shards deleted once uploaded
 
     with pytest.raises(FileExistsError, match=f'{url}/val already exist'):
-        convert_c4(source=str(corpus), out_root=url, splits=['val'], tokenizer=str(tok), input_length=64, progress=False)
-    again = convert_c4(source=str(corpus), out_root=url, splits=['val'], tokenizer=str(tok), input_length=64,
+        convert_c4(source=str(corpus), out_root=url, splits=['val'], tokenizer=str(tok), spec=SpanCorruptionSpec(input_length=64), progress=False)
+    again = convert_c4(source=str(corpus), out_root=url, splits=['val'], tokenizer=str(tok), spec=SpanCorruptionSpec(input_length=64),
                        progress=False, overwrite=True, size_limit='1mb')
     assert again['val']['rows'] == meta['val']['rows']
     assert sum(k.endswith('.mds.zstd') for k in keys(s3, 'convert/val/')) == 1  # the old shards are gone
@@ -101,7 +102,7 @@ def train(tmp_path: Path, cfg: dict, folder: Path, fault: str = '') -> subproces
 def test_train_and_resume_from_s3(s3, demo_source, tmp_path):
     corpus, tok = demo_source
     url = f's3://{BUCKET}/c4'
-    convert_c4(source=str(corpus), out_root=url, splits=['train', 'val'], tokenizer=str(tok), input_length=64, progress=False)
+    convert_c4(source=str(corpus), out_root=url, splits=['train', 'val'], tokenizer=str(tok), spec=SpanCorruptionSpec(input_length=64), progress=False)
 
     full = train(tmp_path, remote_config(tmp_path, tok, url, tmp_path / 'cache_full'), tmp_path / 'full')
     assert full.returncode == 0, full.stdout[-2000:] + full.stderr[-3000:]
@@ -124,7 +125,7 @@ def test_remote_data_of_another_input_length_is_refused(s3, demo_source, tmp_pat
 
     corpus, tok = demo_source
     url = f's3://{BUCKET}/short'
-    convert_c4(source=str(corpus), out_root=url, splits=['train', 'val'], tokenizer=str(tok), input_length=32, progress=False)
+    convert_c4(source=str(corpus), out_root=url, splits=['train', 'val'], tokenizer=str(tok), spec=SpanCorruptionSpec(input_length=32), progress=False)
     cfg = config_from_dict(dict(remote_config(tmp_path, tok, url, tmp_path / 'cache'), save_folder=str(tmp_path / 'run')))
     with pytest.raises(ConfigError, match=f'{url}/train') as info:
         build_trainer(cfg)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from t5composer.config import ConfigError, config_from_dict
+from t5composer.data.span_spec import SpanCorruptionSpec
 from t5composer.run.build import build_trainer
 from t5composer.run.preflight import preflight
 
@@ -276,7 +277,7 @@ def test_pretrain_on_real_c4_sample_with_real_t5_tokenizer(tmp_path):
     c4 = shared_data('c4_sample')
     spiece = shared_data('tokenizer', 't5', 'spiece.model')
     convert_c4(source=str(c4), out_root=str(tmp_path / 'c4'), splits=('train', 'val'), tokenizer=str(spiece),
-               input_length=128, progress=False)
+               spec=SpanCorruptionSpec(input_length=128), progress=False)
     cfg = config_from_dict(tiny(
         max_duration='6ba', eval_interval='6ba',
         tokenizer={'name': str(spiece)},

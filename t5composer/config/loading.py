@@ -19,6 +19,7 @@ from omegaconf.errors import InterpolationKeyError, OmegaConfBaseException
 from t5composer.config.schema import DataConfig, TrainConfig
 from t5composer.config.validation import ConfigError, closest, from_dict
 from t5composer.durations import batches_of, duration_problems, parse_duration
+from t5composer.learning_rate import learning_rate_problem
 from t5composer.redaction import redact, scrub, secret_values  # noqa: F401  (re-exported: the config's public API)
 
 __all__ = ['SCHEDULE_UNITS', 'cache_dir', 'load_config', 'config_from_dict', 'value_problems', 'redact', 'scrub', 'secret_values']
@@ -186,27 +187,12 @@ def _warmup_problems(cfg: TrainConfig) -> list[str]:
 
 
 def _c4_problems(cfg: TrainConfig) -> list[str]:
-    from t5composer.data.span_corruption import noise_span_counts, random_spans_helper
-
-    p: list[str] = []
     d = cfg.data
-    span_ok = True
-    if not 0.0 < d.noise_density < 1.0:
-        p.append(f"'data.noise_density' must be in (0, 1), got {d.noise_density}; T5 uses 0.15.")
-        span_ok = False
-    if d.mean_noise_span_length < 1.0:
-        p.append(f"'data.mean_noise_span_length' must be >= 1, got {d.mean_noise_span_length}; T5 uses 3.")
-        span_ok = False
-    if d.input_length < 4:
-        # random_spans_helper itself rejects lengths below 2 with a ValueError of its own.
-        p.append(f"'data.input_length' {d.input_length} is too small to hold one noise span and EOS; use at least 4 (512 is standard).")
-    elif span_ok:
-        raw_length, _ = random_spans_helper(d.input_length, d.noise_density, d.mean_noise_span_length)
-        num_noise, num_spans = noise_span_counts(raw_length, d.noise_density, d.mean_noise_span_length)
-        if raw_length - num_noise < 1:
-            p.append(f"'data.input_length' {d.input_length} is too small to hold one noise span and EOS; use at least 4 (512 is standard).")
-        elif num_spans > 100:
-            p.append(f"'data.input_length' {d.input_length} needs {num_spans} sentinel tokens but T5 tokenizers have 100; lower input_length or raise mean_noise_span_length.")
+    spec = d.span_corruption
+    p = spec.problems(key="'data.{}'")
+    if not p and spec.noise_spans > 100:
+        p.append(f"'data.input_length' {d.input_length} needs {spec.noise_spans} sentinel tokens but T5 tokenizers have 100; "
+                 'lower input_length or raise mean_noise_span_length.')
     if d.num_workers < 0:
         p.append(f"'data.num_workers' must be >= 0, got {d.num_workers}.")
     if d.builtin_corpus is not None:
@@ -215,7 +201,8 @@ def _c4_problems(cfg: TrainConfig) -> list[str]:
                 p.append(f"'{key}' must be null when 'data.builtin_corpus' is set (the builtin corpus brings its own tokenizer and data); remove one of them.")
     else:
         if d.local is None and d.remote is None:
-            p.append("Set 'data.local' (a directory of converted MDS splits) or 'data.remote'; convert C4 with: python recipes/convert_c4.py --out_root data/c4 --splits train val")
+            command = spec.convert_command(out_root='data/c4', splits=['train', 'val'], tokenizer=cfg.tokenizer.name or '<tokenizer.name>')
+            p.append(f"Set 'data.local' (a directory of converted MDS splits) or 'data.remote'; convert C4 with: {command}")
         if cfg.tokenizer.name is None:
             p.append("Set 'tokenizer.name' (e.g. google/t5-v1_1-base or a local directory with spiece.model).")
     return p
@@ -265,9 +252,6 @@ def _range_problems(cfg: TrainConfig) -> list[str]:
         # It becomes a folder name (save_folder: runs/${run_name}); '..' would put the run outside its tree.
         p.append(f"'run_name' {name!r} names files and folders, so it must be non-empty, not '.' or '..', and have no '/', "
                  "'\\' or line breaks; use e.g. run_name=pt_base-lr2e-2.")
-    if not math.isfinite(cfg.optimizer.lr) or not math.isfinite(cfg.optimizer.weight_decay):
-        p.append(f"'optimizer.lr' and 'optimizer.weight_decay' must be finite numbers, got lr={cfg.optimizer.lr}, "
-                 f'weight_decay={cfg.optimizer.weight_decay}; set e.g. optimizer.lr=0.01.')
     if cfg.eval_subset_num_batches == 0 or cfg.eval_subset_num_batches < -1:
         p.append(f"'eval_subset_num_batches' must be -1 (the whole eval split) or positive, got {cfg.eval_subset_num_batches}.")
     p += duration_problems(cfg.console_log_interval, key='console_log_interval', units=('ba', 'ep'))
@@ -320,9 +304,12 @@ def value_problems(cfg: TrainConfig) -> list[str]:
     if cfg.device_eval_batch_size is not None and cfg.device_eval_batch_size <= 0:
         p.append(f"'device_eval_batch_size' must be positive, got {cfg.device_eval_batch_size}.")
     p += _warmup_problems(cfg)
-    if cfg.optimizer.lr < 0:
-        p.append(f"'optimizer.lr' must be >= 0, got {cfg.optimizer.lr}; set a positive learning rate, e.g. optimizer.lr=0.01.")
-    if cfg.optimizer.weight_decay < 0:
+    lr_problem = learning_rate_problem(cfg.optimizer.lr)
+    if lr_problem is not None:
+        p.append(f"'optimizer.lr' {lr_problem}; set e.g. optimizer.lr=0.01.")
+    if not math.isfinite(cfg.optimizer.weight_decay):
+        p.append(f"'optimizer.weight_decay' must be a finite number, got {cfg.optimizer.weight_decay}; 0.0 turns weight decay off.")
+    elif cfg.optimizer.weight_decay < 0:
         p.append(f"'optimizer.weight_decay' must be >= 0, got {cfg.optimizer.weight_decay}; 0.0 turns weight decay off.")
     p += _c4_problems(cfg) if isinstance(cfg.data, DataConfig) else _sni_problems(cfg)
     p += _init_problems(cfg)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
 from t5composer.config.validation import required
+from t5composer.data.span_spec import SpanCorruptionSpec
 
 __all__ = ['TokenizerConfig', 'ModelConfig', 'DataConfig', 'SNIDataConfig', 'OptimizerConfig', 'SchedulerConfig', 'NonFiniteConfig', 'ParallelismConfig', 'TrainConfig']
 
@@ -85,8 +86,9 @@ class DataConfig:
     remote: object-store or other remote location of the splits (s3://, gs://, ...).
     train_split / eval_split: split names under local/remote (``recipes/convert_c4.py`` writes
         ``train`` and ``val``).
-    input_length / noise_density / mean_noise_span_length: the span-corruption objective; the
-        data must have been converted with the same values (checked).
+    input_length / noise_density / mean_noise_span_length: the span-corruption objective (T5's
+        by default; :attr:`span_corruption` holds them as one value); the data must have been
+        converted with the same values (checked).
     builtin_corpus: ``python_docs`` builds an offline demo corpus, tokenizer and splits on first
         use (see yamls/demo.yaml); then leave tokenizer.name, local and remote null.
     builtin_vocab_size: SentencePiece pieces for the builtin corpus's tokenizer.
@@ -103,9 +105,9 @@ class DataConfig:
     remote: Optional[str] = None
     train_split: str = 'train'
     eval_split: Optional[str] = 'val'
-    input_length: int = 512
-    noise_density: float = 0.15
-    mean_noise_span_length: float = 3.0
+    input_length: int = SpanCorruptionSpec.input_length
+    noise_density: float = SpanCorruptionSpec.noise_density
+    mean_noise_span_length: float = SpanCorruptionSpec.mean_noise_span_length
     shuffle: bool = True
     shuffle_seed: Optional[int] = None
     shuffle_algo: str = 'py1e'
@@ -119,6 +121,12 @@ class DataConfig:
     builtin_corpus: Optional[Literal['python_docs']] = None
     builtin_vocab_size: int = 2000
     verify_hashes: bool = False
+
+    @property
+    def span_corruption(self) -> SpanCorruptionSpec:
+        """``input_length`` / ``noise_density`` / ``mean_noise_span_length`` as one value (lengths, checks, convert command)."""
+        return SpanCorruptionSpec(input_length=self.input_length, noise_density=self.noise_density,
+                                  mean_noise_span_length=self.mean_noise_span_length)
 
 
 @dataclass

@@ -12,19 +12,10 @@ import types
 import typing
 from typing import Any, Literal, Union
 
-from t5composer.errors import closest
+from t5composer.errors import ConfigError, closest  # noqa: F401  (ConfigError re-exported: its old home)
 from t5composer.registry import check_keys
 
 __all__ = ['ConfigError', 'closest', 'from_dict', 'check_keys', 'required']
-
-
-class ConfigError(ValueError):
-    """A config that cannot be used; the message lists every problem found."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = list(problems)
-        lines = '\n'.join(f'  - {p}' for p in self.problems)
-        super().__init__(f'Invalid config ({len(self.problems)} problem(s)):\n{lines}')
 
 
 def required() -> Any:

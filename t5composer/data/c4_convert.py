@@ -5,7 +5,7 @@ tokenized in chunks of lines (``num_workers=1``: on a tokenizer thread beside th
 writer; more: in that many processes), results consumed in submission order, so the output does
 not depend on ``num_workers``; each document gets one EOS, the token stream
 is concatenated across documents and cut into rows of exactly the *expanded* length
-(``random_spans_helper``: 568 for 512 / 0.15 / 3.0); the final incomplete row is dropped.
+(:attr:`SpanCorruptionSpec.expanded_length`: 568 for T5's settings); the final incomplete row is dropped.
 
 Rows go to ``{out_root}/.{split}.tmp-<pid>`` (``MDSWriter``, column ``tokens: ndarray:uint16``,
 an ``xxh3_64`` checksum of every shard file in ``index.json``), then ``t5composer_meta.json`` is
@@ -40,6 +40,7 @@ from t5composer.data.c4_source import (
     parse_c4_line,
     resolve_source,
 )
+from t5composer.data.span_spec import SpanCorruptionSpec
 
 __all__ = ['MAX_UINT16_VOCAB', 'convert_c4']
 
@@ -208,9 +209,7 @@ def convert_c4(
     source: str = 'allenai/c4',
     splits: Sequence[str] = ('train', 'val'),
     tokenizer: str = 'google/t5-v1_1-base',
-    input_length: int = 512,
-    noise_density: float = 0.15,
-    mean_noise_span_length: float = 3.0,
+    spec: SpanCorruptionSpec = SpanCorruptionSpec(),
     max_docs: Optional[int] = None,
     num_workers: int = 1,
     overwrite: bool = False,
@@ -234,9 +233,8 @@ def convert_c4(
             ``c4-validation.*.json.gz``).
         splits: any of ``train``, ``val``.
         tokenizer: hub name, local tokenizer directory or spiece.model path.
-        input_length: encoder input length the rows are made for.
-        noise_density: span-corruption noise density.
-        mean_noise_span_length: mean noise span length.
+        spec: the span corruption the rows are made for (T5's by default); rows have its
+            ``expanded_length``. Its problems are named by the converter's flags (``--input_length``).
         max_docs: stop each split after this many good documents.
         num_workers: tokenizers: 1 tokenizes on a thread of this process, overlapped with
             reading and writing; N >= 2 starts N worker processes that parse and tokenize.
@@ -265,7 +263,6 @@ def convert_c4(
     import streaming  # noqa: F401  (imported here, ~3 s, so it does not count in the split's time)
 
     from t5composer.data.metadata import META_FILENAME, make_split_metadata, write_split_metadata
-    from t5composer.data.span_corruption import random_spans_helper
     from t5composer.tokenization import load_tokenizer, tokenizer_fingerprint
 
     splits = [splits] if isinstance(splits, str) else list(splits)
@@ -276,14 +273,8 @@ def convert_c4(
         raise ValueError(f'num_workers must be >= 1, got {num_workers}')
     if max_docs is not None and max_docs < 1:
         raise ValueError(f'max_docs must be >= 1 or None, got {max_docs}')
-    # The same limits as the training config's, named by the converter's flags.
-    if not 0.0 < noise_density < 1.0:
-        raise ValueError(f'--noise_density must be in (0, 1), got {noise_density}; T5 uses 0.15.')
-    if mean_noise_span_length < 1.0:
-        raise ValueError(f'--mean_noise_span_length must be >= 1, got {mean_noise_span_length}; T5 uses 3.')
-    if input_length < 4:
-        raise ValueError(f'--input_length {input_length} is too small to hold one noise span and EOS; use at least 4 (512 is standard).')
-    length, _ = random_spans_helper(input_length, noise_density, mean_noise_span_length)
+    spec.check(key='--{}')  # the training config's checks, named by the converter's flags
+    length = spec.expanded_length
 
     from t5composer.data.locations import is_remote, remote_file_exists, split_location
 
@@ -341,8 +332,8 @@ def convert_c4(
                 _check_usable(stats, split=split, source=source, files=files[split], length=length)
                 meta = make_split_metadata(
                     source=source, split=split, tokenizer=str(tokenizer), tokenizer_fingerprint=fingerprint,
-                    vocab_size=vocab, input_length=input_length, noise_density=noise_density,
-                    mean_noise_span_length=mean_noise_span_length, expanded_length=length,
+                    vocab_size=vocab, input_length=spec.input_length, noise_density=spec.noise_density,
+                    mean_noise_span_length=spec.mean_noise_span_length, expanded_length=length,
                     docs=stats.docs, tokens=stats.tokens, rows=stats.rows, dropped_tokens=len(stats.carry),
                     skipped_lines=stats.skipped, encoder=backend, seconds=time.perf_counter() - t0,
                 )

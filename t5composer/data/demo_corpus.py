@@ -232,12 +232,14 @@ def prepare_demo_data(
 
     def mds() -> None:
         from t5composer.data.c4_convert import convert_c4
+        from t5composer.data.span_spec import SpanCorruptionSpec
 
         t = time.perf_counter()
         res = convert_c4(
             source=str(corpus_dir), out_root=mds_root, splits=('train', 'val'), tokenizer=str(tok_dir),
-            input_length=input_length, noise_density=noise_density,
-            mean_noise_span_length=mean_noise_span_length, overwrite=True, progress=False,
+            spec=SpanCorruptionSpec(input_length=input_length, noise_density=noise_density,
+                                    mean_noise_span_length=mean_noise_span_length),
+            overwrite=True, progress=False,
         )
         if verbose:
             rows = ', '.join(f'{s} {r["rows"]} rows' for s, r in res.items())

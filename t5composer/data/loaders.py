@@ -17,13 +17,13 @@ from torch.utils.data import DataLoader
 from t5composer.config.batches import BatchSizes
 from t5composer.config.loading import cache_dir
 from t5composer.config.schema import TrainConfig
-from t5composer.config.validation import ConfigError
+from t5composer.errors import ConfigError
 from t5composer.data.plan import DataPlan, check_splits, hold_split_locks
 from t5composer.data.preflight import split_size_problem
 from t5composer.data.shared_memory import release_shared_memory
 from t5composer.data.sni import SNICollator, SNIDataset, load_sni_split
 from t5composer.data.sni_synthetic import prepare_synthetic_sni
-from t5composer.data.span_corruption import SpanCorruptionCollator, random_spans_helper
+from t5composer.data.span_corruption import SpanCorruptionCollator
 from t5composer.data.streaming import build_span_dataloader
 from t5composer.data.verify import SHARD_HASH
 from t5composer.tokenization import sentinel_ids
@@ -61,15 +61,16 @@ def pretraining_loaders(cfg: TrainConfig, plan: DataPlan, tokenizer: Any, model_
     """
     d = cfg.data
     device_batch, _, eval_batch = batches
-    raw_length, _ = random_spans_helper(d.input_length, d.noise_density, d.mean_noise_span_length)
+    spec = d.span_corruption
+    raw_length = spec.expanded_length
     hold_split_locks(cfg, plan, train)  # before the checks: the splits checked are the splits read
     hashed = check_splits(cfg, plan, tokenizer, raw_length, world_size=dist.get_world_size(), train=train)
     collator = SpanCorruptionCollator(
         sentinel_ids=sentinel_ids(tokenizer, 100),
         eos_id=tokenizer.eos_token_id,
         decoder_start_id=model_config.decoder_start_token_id,
-        noise_density=d.noise_density,
-        mean_noise_span_length=d.mean_noise_span_length,
+        noise_density=spec.noise_density,
+        mean_noise_span_length=spec.mean_noise_span_length,
         seed=cfg.seed,
     )
     loader_kwargs = dict(

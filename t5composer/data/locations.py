@@ -68,8 +68,12 @@ def _explain(url: str, error: BaseException) -> tuple[str, bool]:
         code = str(response.get('Error', {}).get('Code', ''))
     lowered = text.lower()
     if code in ('404', 'NoSuchKey', 'NotFound') or isinstance(error, FileNotFoundError) or (not code and 'not found' in lowered):
-        return (f'{url} does not exist ({text}). Convert the split (python recipes/convert_c4.py --out_root DIR ...), '
-                "upload DIR's split folders under data.remote, or fix data.remote / the split names."), True
+        from t5composer.data.span_spec import convert_command
+
+        root, split = url.rsplit('/', 2)[:2]  # url is root/split/index.json
+        command = convert_command(out_root=root, splits=split if split in ('train', 'val') else '<train|val>', tokenizer='<tokenizer.name>')
+        return (f'{url} does not exist ({text}). Convert the split into the store ({command}), upload split folders '
+                'converted elsewhere under data.remote, or fix data.remote / the split names.'), True
     if code == 'NoSuchBucket':
         return f'the bucket of {url} does not exist ({text}); fix data.remote.', False
     if code in ('403', 'AccessDenied', 'InvalidAccessKeyId', 'SignatureDoesNotMatch', 'ExpiredToken') or 'credential' in lowered:

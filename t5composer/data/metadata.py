@@ -13,6 +13,9 @@ import shlex
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from t5composer.data import span_spec
+from t5composer.data.span_spec import SpanCorruptionSpec
+
 __all__ = [
     'FORMAT_VERSION',
     'META_FILENAME',
@@ -73,10 +76,9 @@ def make_split_metadata(
         tokenizer: the tokenizer name or path given to the converter.
         tokenizer_fingerprint: :func:`t5composer.tokenization.tokenizer_fingerprint`.
         vocab_size: ``len(tokenizer)``.
-        input_length: encoder length the rows are made for.
-        noise_density: span-corruption noise density.
-        mean_noise_span_length: mean noise span length.
-        expanded_length: row length (``random_spans_helper(...)[0]``, 568 for 512/0.15/3).
+        input_length / noise_density / mean_noise_span_length: the span corruption the rows are
+            made for (a :class:`SpanCorruptionSpec`'s fields).
+        expanded_length: row length (``SpanCorruptionSpec.expanded_length``, 568 for T5's settings).
         docs: documents converted.
         tokens: their tokens, one EOS per document included.
         rows: rows written (``tokens // expanded_length``).
@@ -136,20 +138,11 @@ def convert_command(meta: Mapping[str, Any], *, out_root: Optional[str] = None, 
         changes: options to change, e.g. ``tokenizer='google/t5-v1_1-base'``; None values are
             ignored.
     """
-    opts = {
-        'source': meta.get('source', 'allenai/c4'),
-        'out_root': out_root or 'OUT',
-        'splits': meta.get('split', 'train'),
-        'tokenizer': meta.get('tokenizer', 'TOKENIZER'),
-        'input_length': meta.get('input_length', 512),
-        'noise_density': meta.get('noise_density', 0.15),
-        'mean_noise_span_length': meta.get('mean_noise_span_length', 3.0),
-    }
-    opts.update({k: v for k, v in changes.items() if v is not None})
-    parts = ['python', 'recipes/convert_c4.py']
-    for k, v in opts.items():
-        parts += [f'--{k}', *(str(x) for x in (v if isinstance(v, (list, tuple)) else [v]))]
-    return shlex.join(parts) + (' --overwrite' if overwrite else '')
+    changes = {k: v for k, v in changes.items() if v is not None}
+    spec = SpanCorruptionSpec.from_mapping({**meta, **changes})
+    return span_spec.convert_command(out_root=out_root or 'OUT', splits=changes.get('split', meta.get('split', 'train')),
+                                     tokenizer=changes.get('tokenizer', meta.get('tokenizer', 'TOKENIZER')), spec=spec,
+                                     source=changes.get('source', meta.get('source', 'allenai/c4')), overwrite=overwrite)
 
 
 def read_split_metadata(split_dir: str | os.PathLike) -> dict[str, Any]:
@@ -168,9 +161,8 @@ def read_split_metadata(split_dir: str | os.PathLike) -> dict[str, Any]:
     if not os.path.isfile(path):
         name = os.path.basename(split_dir.rstrip('/'))
         out_root = os.path.dirname(split_dir.rstrip('/')) or '.'
-        cmd = (f'python recipes/convert_c4.py --source allenai/c4 --out_root {out_root} '
-               f'--splits {name if name in ("train", "val") else "train val"} --tokenizer <tokenizer.name> '
-               '--input_length <data.input_length>')
+        cmd = span_spec.convert_command(out_root=out_root, splits=name if name in ('train', 'val') else ['train', 'val'],
+                                        tokenizer='<tokenizer.name>')
         if not os.path.isdir(split_dir):
             raise FileNotFoundError(f'{split_dir} does not exist. Convert C4 with: {cmd}')
         raise FileNotFoundError(
@@ -204,7 +196,7 @@ def check_split_metadata(
         meta: the split's metadata (:func:`read_split_metadata`).
         tokenizer_fingerprint: fingerprint of the tokenizer training will use.
         vocab_size: its ``len(tokenizer)``.
-        expanded_length: the row length the config needs (``random_spans_helper(...)[0]``).
+        expanded_length: the row length the config needs (``SpanCorruptionSpec.expanded_length``).
         split_dir: the split directory (for the message).
         tokenizer_name: the config's tokenizer name, used in the suggested command.
         input_length: the config's ``data.input_length``, used in the suggested command.

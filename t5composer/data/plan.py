@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from t5composer.config.loading import cache_dir
 from t5composer.config.schema import TrainConfig
-from t5composer.config.validation import ConfigError
+from t5composer.errors import ConfigError
 # Modules, not their functions: tests stand in for the corpus build and the store through them.
 from t5composer.data import demo_corpus, locations
 from t5composer.data.locations import is_remote, split_location

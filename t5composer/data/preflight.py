@@ -17,19 +17,14 @@ from t5composer.config.batches import batch_sizes
 from t5composer.config.schema import SNIDataConfig, TrainConfig
 from t5composer.data import locations  # the module: tests stand in for the store through it
 from t5composer.data.locations import is_remote, split_location
-from t5composer.data.metadata import convert_command as command_for
 
 __all__ = ['convert_command', 'hf_split_name', 'split_size_problem', 'unconverted_split_problems']
 
 
 def convert_command(cfg: TrainConfig, splits: list[str]) -> str:
     """The exact ``recipes/convert_c4.py`` command that produces the splits ``cfg`` expects."""
-    d = cfg.data
-    settings = {
-        'split': splits, 'tokenizer': cfg.tokenizer.name, 'input_length': d.input_length,
-        'noise_density': d.noise_density, 'mean_noise_span_length': d.mean_noise_span_length,
-    }
-    return command_for(settings, out_root=d.local or 'data/c4', overwrite=False)
+    return cfg.data.span_corruption.convert_command(out_root=cfg.data.local or 'data/c4', splits=splits,
+                                                    tokenizer=cfg.tokenizer.name or '<tokenizer.name>')
 
 
 def hf_split_name(split: str) -> str:

@@ -18,7 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from t5composer.data.span_spec import SpanCorruptionSpec, check_noise, noise_span_counts, random_spans_helper
+
 __all__ = [
+    'SpanCorruptionSpec',
     'random_spans_helper',
     'noise_span_counts',
     'row_keys',
@@ -39,76 +42,8 @@ _SEED_TWEAK = 0x5D2C7E3A91B04F68
 
 
 # --------------------------------------------------------------------------------------------
-# Lengths
+# Lengths (random_spans_helper and noise_span_counts live with the spec, re-exported here)
 # --------------------------------------------------------------------------------------------
-def _check_noise_args(noise_density: float, mean_noise_span_length: float) -> None:
-    if not 0.0 < float(noise_density) < 1.0:
-        raise ValueError(f'noise_density must be in (0, 1), got {noise_density!r}')
-    if not float(mean_noise_span_length) >= 1.0:
-        raise ValueError(f'mean_noise_span_length must be >= 1, got {mean_noise_span_length!r}')
-
-
-def random_spans_helper(
-    inputs_length: int,
-    noise_density: float,
-    mean_noise_span_length: float,
-) -> tuple[int, int]:
-    """Raw row length that span corruption turns into exactly ``inputs_length`` encoder tokens.
-
-    Same loop as T5's ``random_spans_helper`` (one sentinel per span in inputs and targets, one
-    EOS each): grow the raw length while the resulting encoder length still fits, then apply
-    T5's ``noise_density == 0.5`` adjustment that keeps targets no longer than inputs.
-
-    Args:
-        inputs_length: desired encoder input length (sentinels and EOS included).
-        noise_density: fraction of raw tokens that are noise.
-        mean_noise_span_length: average noise span length.
-
-    Returns:
-        ``(tokens_length, targets_length)``: raw row length and decoder target length.
-        ``(512, 0.15, 3.0) -> (568, 114)``.
-    """
-    if int(inputs_length) != inputs_length or inputs_length < 2:
-        raise ValueError(f'inputs_length must be an integer >= 2, got {inputs_length!r}')
-    _check_noise_args(noise_density, mean_noise_span_length)
-    inputs_length = int(inputs_length)
-
-    def lengths(tokens_length: int) -> tuple[int, int]:
-        # Python's round (half to even), as in T5, without the clipping of the mask function.
-        num_noise = int(round(tokens_length * noise_density))
-        num_nonnoise = tokens_length - num_noise
-        num_spans = int(round(num_noise / mean_noise_span_length))
-        return num_nonnoise + num_spans + 1, num_noise + num_spans + 1
-
-    tokens_length = inputs_length - 1
-    while lengths(tokens_length + 1)[0] <= inputs_length:
-        tokens_length += 1
-    # As in T5, the comparison below uses the *achieved* inputs length, not the argument.
-    achieved_inputs_length, targets_length = lengths(tokens_length)
-    if noise_density == 0.5 and targets_length > achieved_inputs_length:
-        tokens_length -= 1
-        targets_length -= 1
-    return tokens_length, targets_length
-
-
-def noise_span_counts(length: int, noise_density: float, mean_noise_span_length: float) -> tuple[int, int]:
-    """Number of noise tokens and noise spans in a row of ``length`` tokens (T5's rule).
-
-    Args:
-        length: raw row length.
-        noise_density: fraction of tokens that are noise.
-        mean_noise_span_length: average noise span length.
-
-    Returns:
-        ``(num_noise, num_spans)`` with ``num_noise = round(length * density)`` clipped to
-        ``[1, length - 1]`` and ``num_spans = max(1, round(num_noise / mean))``.
-    """
-    num_noise = int(round(length * noise_density))
-    num_noise = min(max(num_noise, 1), length - 1)
-    num_spans = max(1, int(round(num_noise / mean_noise_span_length)))
-    return num_noise, num_spans
-
-
 def _checked_counts(length: int, noise_density: float, mean_noise_span_length: float) -> tuple[int, int]:
     """``noise_span_counts`` plus the checks that make fixed-shape outputs possible."""
     if length < 2:
@@ -284,8 +219,8 @@ def batch_random_spans_noise_mask(
     keys: np.ndarray,
     length: int,
     *,
-    noise_density: float = 0.15,
-    mean_noise_span_length: float = 3.0,
+    noise_density: float = SpanCorruptionSpec.noise_density,
+    mean_noise_span_length: float = SpanCorruptionSpec.mean_noise_span_length,
 ) -> np.ndarray:
     """T5's ``random_spans_noise_mask`` for a batch of rows, seeded per row by ``keys``.
 
@@ -299,7 +234,7 @@ def batch_random_spans_noise_mask(
         bool ``[B, L]``, True at noise positions. Every row has the same number of noise tokens
         and spans (:func:`noise_span_counts`), starts with non-noise and ends with noise.
     """
-    _check_noise_args(noise_density, mean_noise_span_length)
+    check_noise(noise_density, mean_noise_span_length)
     keys = np.asarray(keys, dtype=np.uint64).reshape(-1)
     num_noise, num_spans = _checked_counts(int(length), noise_density, mean_noise_span_length)
     noise_lengths, nonnoise_lengths = _span_lengths(keys, length, num_noise, num_spans)
@@ -370,11 +305,11 @@ class SpanCorruptionCollator:
         sentinel_ids: Sequence[int],
         eos_id: int,
         decoder_start_id: int = 0,
-        noise_density: float = 0.15,
-        mean_noise_span_length: float = 3.0,
+        noise_density: float = SpanCorruptionSpec.noise_density,
+        mean_noise_span_length: float = SpanCorruptionSpec.mean_noise_span_length,
         seed: int = 0,
     ) -> None:
-        _check_noise_args(noise_density, mean_noise_span_length)
+        check_noise(noise_density, mean_noise_span_length)
         sentinels = np.asarray(list(sentinel_ids), dtype=np.int64)
         if sentinels.ndim != 1 or sentinels.size == 0:
             raise ValueError('sentinel_ids must be a non-empty sequence of token ids')

@@ -24,10 +24,10 @@ from streaming.base.stream import streams_registry
 from torch.utils.data import DataLoader
 
 from t5composer.atomic_files import write_atomically
-from t5composer.config.validation import ConfigError
 from t5composer.data.locations import is_remote, split_location
 from t5composer.data.span_corruption import SpanCorruptionCollator
 from t5composer.data.verify import verify_command
+from t5composer.errors import ConfigError
 
 __all__ = ['C4SpanDataset', 'CheckedStream', 'CorruptDataError', 'DataReadError', 'build_span_dataloader', 'open_error_advice']
 

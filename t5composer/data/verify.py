@@ -340,6 +340,7 @@ def _first_row_length(split_dir: str, index: dict[str, Any]) -> Optional[int]:
 
 def repair_advice(split_dir: str, meta: Optional[dict[str, Any]]) -> str:
     """How to get an intact split back: restore the files, or the exact command that remakes it."""
+    from t5composer.data import span_spec
     from t5composer.data.metadata import convert_command
 
     if '://' in split_dir:  # a data.remote split: its root is the URL above it
@@ -347,8 +348,7 @@ def repair_advice(split_dir: str, meta: Optional[dict[str, Any]]) -> str:
     else:
         root, name = os.path.split(os.path.abspath(split_dir).rstrip('/'))
     command = convert_command(meta, out_root=root) if meta else (
-        f'python recipes/convert_c4.py --out_root {shlex.quote(root)} --splits {name} '
-        '--tokenizer <tokenizer> --input_length <input_length> --overwrite')
+        span_spec.convert_command(out_root=root, splits=name, tokenizer='<tokenizer>', overwrite=True))
     return f'Restore the named files from the copy the split came from, or reconvert the split: {command}'
 
 

@@ -13,7 +13,8 @@ loads HF weights directly. Export writes what ``transformers.T5ForConditionalGen
 
 A Composer checkpoint has the weights under ``state['state']['model']`` with ComposerT5's
 ``model.`` prefix; the config and tokenizer come from the
-:class:`~t5composer.callbacks.model_metadata.ModelMetadata` callback's entry, or from the
+:class:`~t5composer.callbacks.model_metadata.ModelMetadata` callback's entry
+(:mod:`t5composer.models.checkpoint_metadata`), or from the
 ``config=`` / ``tokenizer=`` overrides for checkpoints written without it.
 """
 
@@ -144,7 +145,7 @@ def write_hf_dir(
     from safetensors.torch import save_file
 
     from t5composer.atomic_files import replace_directory
-    from t5composer.callbacks.model_metadata import read_tokenizer_files
+    from t5composer.models.checkpoint_metadata import read_tokenizer_files
 
     out = Path(os.path.expanduser(str(out_dir)))
     problem = _replace_problem(out, overwrite)
@@ -256,7 +257,7 @@ def export_composer_checkpoint(
         ValueError: not a Composer checkpoint, a corrupt one, or no model config (no metadata and no ``config``).
     """
     from t5composer import __version__
-    from t5composer.callbacks.model_metadata import MetadataMissingError, metadata_from_checkpoint
+    from t5composer.models.checkpoint_metadata import MetadataMissingError, metadata_from_checkpoint
     from t5composer.checkpoints import unusable_checkpoint_message
 
     path = Path(os.path.expanduser(str(checkpoint_path)))

@@ -22,6 +22,8 @@ from typing import Any, Optional
 import torch
 from torch.optim import Optimizer
 
+from t5composer.learning_rate import check_learning_rate
+
 __all__ = ['AdamWScale', 'adamwscale_apply', 'adamwscale_step_sizes']
 
 
@@ -182,7 +184,7 @@ class AdamWScale(Optimizer):
 
     Args:
         params: parameters or parameter groups.
-        lr: learning rate (>= 0).
+        lr: learning rate (finite, >= 0).
         betas: coefficients of the running averages of the gradient and its square, each in [0, 1).
         eps: added to the denominator (>= 0).
         weight_decay: decoupled weight decay coefficient (>= 0), applied after the Adam step.
@@ -318,10 +320,7 @@ class AdamWScale(Optimizer):
 
 
 def _validate(*, lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> None:
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool):
-        raise TypeError(f'lr must be a number, got {type(lr).__name__}')
-    if not lr >= 0.0:
-        raise ValueError(f'lr must be >= 0, got {lr}')
+    check_learning_rate(lr)
     if len(betas) != 2:
         raise ValueError(f'betas must be a pair (beta1, beta2), got {betas!r}')
     for i, beta in enumerate(betas):

@@ -15,6 +15,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from t5composer import registry
+from t5composer.learning_rate import check_learning_rate
 from t5composer.registry import builder_options, check_options
 
 __all__ = [
@@ -164,7 +165,7 @@ def build_optimizer(
     Args:
         model: the model whose trainable parameters are optimised.
         name: registry key ('adamwscale', 'adafactor', 'adamw', or a registered one).
-        lr: learning rate (>= 0).
+        lr: learning rate (finite, >= 0: :func:`t5composer.learning_rate.check_learning_rate`).
         weight_decay: weight decay of the decayed group (>= 0).
         sharded: the run shards parameters (FSDP); passed as ``sharded_params=True`` to an
             optimizer that takes it (adamwscale: RMS over whole tensors).
@@ -178,10 +179,7 @@ def build_optimizer(
         The optimizer.
     """
     builder = OPTIMIZERS.lookup(name)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
-        raise TypeError(f'lr must be a number, got {lr!r}')
-    if not lr >= 0:
-        raise ValueError(f'lr must be >= 0, got {lr}')
+    check_learning_rate(lr)
     if not weight_decay >= 0:
         raise ValueError(f'weight_decay must be >= 0, got {weight_decay}')
     options, var_kwargs = builder_options(builder, skip_first=True)
