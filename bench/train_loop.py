@@ -80,8 +80,7 @@ def prepare_split(out_root: str, *, tokenizer: str, rows: int, spec: Optional[Sp
                 writer.write({'tokens': row})
     meta = make_split_metadata(
         source='synthetic (bench.train_loop)', split=split, tokenizer=tokenizer,
-        tokenizer_fingerprint=tokenizer_fingerprint(tok), vocab_size=len(tok), input_length=spec.input_length,
-        noise_density=spec.noise_density, mean_noise_span_length=spec.mean_noise_span_length, expanded_length=length,
+        tokenizer_fingerprint=tokenizer_fingerprint(tok), vocab_size=len(tok), spec=spec,
         docs=rows, tokens=rows * length, rows=rows, dropped_tokens=0, skipped_lines={}, encoder='synthetic',
         seconds=time.perf_counter() - start,
     )

@@ -332,8 +332,7 @@ def convert_c4(
                 _check_usable(stats, split=split, source=source, files=files[split], length=length)
                 meta = make_split_metadata(
                     source=source, split=split, tokenizer=str(tokenizer), tokenizer_fingerprint=fingerprint,
-                    vocab_size=vocab, input_length=spec.input_length, noise_density=spec.noise_density,
-                    mean_noise_span_length=spec.mean_noise_span_length, expanded_length=length,
+                    vocab_size=vocab, spec=spec,
                     docs=stats.docs, tokens=stats.tokens, rows=stats.rows, dropped_tokens=len(stats.carry),
                     skipped_lines=stats.skipped, encoder=backend, seconds=time.perf_counter() - t0,
                 )

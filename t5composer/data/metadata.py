@@ -56,10 +56,7 @@ def make_split_metadata(
     tokenizer: str,
     tokenizer_fingerprint: str,
     vocab_size: int,
-    input_length: int,
-    noise_density: float,
-    mean_noise_span_length: float,
-    expanded_length: int,
+    spec: SpanCorruptionSpec,
     docs: int,
     tokens: int,
     rows: int,
@@ -76,9 +73,8 @@ def make_split_metadata(
         tokenizer: the tokenizer name or path given to the converter.
         tokenizer_fingerprint: :func:`t5composer.tokenization.tokenizer_fingerprint`.
         vocab_size: ``len(tokenizer)``.
-        input_length / noise_density / mean_noise_span_length: the span corruption the rows are
-            made for (a :class:`SpanCorruptionSpec`'s fields).
-        expanded_length: row length (``SpanCorruptionSpec.expanded_length``, 568 for T5's settings).
+        spec: the span corruption the rows are made for; its expanded length is the row length
+            (568 for T5's settings).
         docs: documents converted.
         tokens: their tokens, one EOS per document included.
         rows: rows written (``tokens // expanded_length``).
@@ -94,10 +90,10 @@ def make_split_metadata(
         'tokenizer': tokenizer,
         'tokenizer_fingerprint': tokenizer_fingerprint,
         'vocab_size': int(vocab_size),
-        'input_length': int(input_length),
-        'noise_density': float(noise_density),
-        'mean_noise_span_length': float(mean_noise_span_length),
-        'expanded_length': int(expanded_length),
+        'input_length': int(spec.input_length),
+        'noise_density': float(spec.noise_density),
+        'mean_noise_span_length': float(spec.mean_noise_span_length),
+        'expanded_length': int(spec.expanded_length),
         'docs': int(docs),
         'tokens': int(tokens),
         'rows': int(rows),
