@@ -42,7 +42,9 @@ NOT_RUN = {
     'bash bench/fetch_wheels.sh': 'downloads wheels from PyPI',
 }
 # Values in the docs that stand for the reader's own paths.
-PLACEHOLDERS = {'DIR': 'tok', '/tmp/c4': 'data/c4', 'FILES...': 'corpus.txt', 'OUT_DIR': 'out', '$OUT': 'out'}
+PLACEHOLDERS = {'DIR': 'tok', '/tmp/c4': 'data/c4', 'FILES...': 'corpus.txt', 'OUT_DIR': 'out', '$OUT': 'out',
+                # the real samples next to the checkout (../shared/data), where a measurement used them
+                '../shared/data/c4_sample': 'c4_en', '../shared/data/tokenizer/t5': 'tok'}
 _TINY_MODEL = ['model.d_model=32', 'model.d_kv=8', 'model.d_ff=64', 'model.num_heads=4', 'model.num_layers=2',
                'model.num_decoder_layers=2', 'model.vocab_size=tokenizer', 'model.name=google/t5-v1_1-small']
 
