@@ -120,35 +120,15 @@ class LoopProbe(Callback):
         if self._cuda:
             torch.cuda.synchronize()
         wall = time.perf_counter() - self._profile_start
-        self._profiler.__exit__(None, None, None)
-        rows = self._profiler.key_averages()
-        self._profiler = None
+        profiler, self._profiler = self._profiler, None
+        profiler.__exit__(None, None, None)
         steps = self.profile_window[1] - self.profile_window[0]
         profile = self.report['profile']
         profile.update({'wall_s_per_batch': wall / steps})
         if self._cuda:
-            # The device's kernels and copies; a range named on the host (``record_function``, the
-            # optimizer's step) also appears on the device's timeline spanning its kernels and the gaps
-            # between them: it is listed apart and counts for neither the busy time nor the top kernels.
-            events = [e for e in self._profiler.events() if str(getattr(e, 'device_type', '')).endswith('CUDA')]
-            kernels = [e for e in events if not getattr(e, 'is_user_annotation', False)]
-            spans: collections.Counter = collections.Counter()
-            for e in events:
-                if getattr(e, 'is_user_annotation', False):
-                    spans[e.name] += e.time_range.end - e.time_range.start
-            per_name: dict[str, list[float]] = {}
-            for e in kernels:
-                entry = per_name.setdefault(e.name, [0.0, 0])
-                entry[0] += e.time_range.end - e.time_range.start
-                entry[1] += 1
-            busy = busy_us([(e.time_range.start, e.time_range.end) for e in kernels]) / 1e6
-            profile.update({
-                'gpu_busy_s_per_batch': busy / steps, 'gpu_idle_fraction': max(0.0, 1.0 - busy / wall),
-                'top': [{'name': k[:120], 'ms_per_batch': us / 1e3 / steps, 'share_of_busy': us / 1e6 / busy if busy else None,
-                         'calls_per_batch': n / steps} for k, (us, n) in sorted(per_name.items(), key=lambda x: -x[1][0])[:self.top]],
-                'host_ranges_on_device': [{'name': k[:120], 'ms_per_batch': us / 1e3 / steps} for k, us in spans.most_common(5)],
-            })
+            profile.update(device_profile(profiler.events(), steps=steps, wall_s=wall, top=self.top))
         else:
+            rows = profiler.key_averages()
             cpu = sorted(((r.key, r.self_cpu_time_total, r.count) for r in rows), key=lambda x: -x[1])[:self.top]
             profile['top'] = [{'name': k[:120], 'ms_per_batch': us / 1e3 / steps, 'calls_per_batch': n / steps} for k, us, n in cpu]
 
@@ -162,6 +142,39 @@ class LoopProbe(Callback):
         os.makedirs(os.path.dirname(os.path.abspath(self.out)), exist_ok=True)
         with open(self.out, 'w') as f:
             json.dump(self.report, f, indent=1)
+
+
+def device_profile(events: Any, *, steps: int, wall_s: float, top: int) -> dict[str, Any]:
+    """The GPU's side of a profiled window, from the profiler's events.
+
+    Kernels and copies count; a range named on the host (``record_function``, the optimizer's
+    step) also appears on the device's timeline spanning its kernels and the gaps between them, so
+    it is listed apart and counts for neither the busy time nor the top kernels.
+
+    Args:
+        events: ``profiler.events()`` (each with ``device_type``, ``is_user_annotation``, ``name``, ``time_range`` in us).
+        steps: batches in the window.
+        wall_s: the window's wall time.
+        top: kernels listed.
+    """
+    on_device = [e for e in events if str(getattr(e, 'device_type', '')).endswith('CUDA')]
+    kernels = [e for e in on_device if not getattr(e, 'is_user_annotation', False)]
+    spans: collections.Counter = collections.Counter()
+    for e in on_device:
+        if getattr(e, 'is_user_annotation', False):
+            spans[e.name] += e.time_range.end - e.time_range.start
+    per_name: dict[str, list[float]] = {}
+    for e in kernels:
+        entry = per_name.setdefault(e.name, [0.0, 0])
+        entry[0] += e.time_range.end - e.time_range.start
+        entry[1] += 1
+    busy = busy_us([(e.time_range.start, e.time_range.end) for e in kernels]) / 1e6
+    return {
+        'gpu_busy_s_per_batch': busy / steps, 'gpu_idle_fraction': max(0.0, 1.0 - busy / wall_s),
+        'top': [{'name': k[:120], 'ms_per_batch': us / 1e3 / steps, 'share_of_busy': us / 1e6 / busy if busy else None,
+                 'calls_per_batch': n / steps} for k, (us, n) in sorted(per_name.items(), key=lambda x: -x[1][0])[:top]],
+        'host_ranges_on_device': [{'name': k[:120], 'ms_per_batch': us / 1e3 / steps} for k, us in spans.most_common(5)],
+    }
 
 
 def busy_us(intervals: list[tuple[float, float]]) -> float:
