@@ -20,13 +20,14 @@ def _module_name(path: Path) -> str:
     return '.'.join(parts[:-1] if parts[-1] == '__init__' else parts)
 
 
-def _project_imports(path: Path) -> list[tuple[int, str, list[str]]]:
+def _project_imports(path: Path, *, module_level: bool = False) -> list[tuple[int, str, list[str]]]:
     """``(line, module, names)`` of each import of a project module in ``path`` (names: the
-    imported names of a ``from`` import, empty for a plain ``import``), function-level ones included."""
+    imported names of a ``from`` import, empty for a plain ``import``), function-level ones included
+    unless ``module_level`` (then only what runs when the module is imported)."""
     tree = ast.parse(path.read_text(encoding='utf-8'), filename=str(path))
     package = _module_name(path) if path.name == '__init__.py' else _module_name(path).rpartition('.')[0]
     found = []
-    for node in ast.walk(tree):
+    for node in (_import_time_statements(tree) if module_level else ast.walk(tree)):
         if isinstance(node, ast.Import):
             found += [(node.lineno, a.name, []) for a in node.names if a.name.split('.')[0] == 't5composer']
         elif isinstance(node, ast.ImportFrom):
@@ -72,22 +73,22 @@ def test_the_bottom_layer_imports_nothing_of_the_project():
     assert not offenders, 'the bottom layer must import nothing from t5composer:\n' + '\n'.join(offenders)
 
 
-def _module_level_imports(path: Path, known: set[str]) -> set[str]:
-    """Project modules ``path`` imports when it is itself imported (not inside functions)."""
-    tree = ast.parse(path.read_text(encoding='utf-8'), filename=str(path))
-    deps: set[str] = set()
+def _import_time_statements(tree: ast.Module) -> list[ast.stmt]:
+    """The module's top-level statements, with those of a top-level ``if`` / ``try`` (run on import too)."""
     nodes = list(tree.body)
-    for node in tree.body:  # a guarded import (if / try at module level) runs on import too
+    for node in tree.body:
         if isinstance(node, (ast.If, ast.Try)):
             nodes += node.body + node.orelse + [n for h in getattr(node, 'handlers', []) for n in h.body]
-    for node in nodes:
-        if isinstance(node, ast.Import):
-            deps |= {a.name for a in node.names if a.name in known}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or '') in known | {'t5composer'}:
-            for alias in node.names:
-                full = f'{node.module}.{alias.name}'
-                deps.add(full if full in known else node.module)
-    return deps - {_module_name(path)}
+    return nodes
+
+
+def _module_level_imports(path: Path, known: set[str]) -> set[str]:
+    """Project modules ``path`` imports when it is itself imported (``from pkg import mod`` names ``pkg.mod``)."""
+    deps: set[str] = set()
+    for _, module, names in _project_imports(path, module_level=True):
+        targets = [f'{module}.{n}' for n in names if f'{module}.{n}' in known]
+        deps |= set(targets) if targets else {module}
+    return (deps & known) - {_module_name(path)}
 
 
 def test_no_import_cycles_between_modules():

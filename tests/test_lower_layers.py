@@ -8,10 +8,10 @@ the span-corruption spec) and below the run pipeline (``run/``).
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
+from test_import_graph import _project_imports
 
 PACKAGE = Path(__file__).resolve().parents[1] / 't5composer'
 ABOVE = ('t5composer.config', 't5composer.callbacks', 't5composer.run', 't5composer.dry_run', 't5composer.cli',
@@ -19,21 +19,11 @@ ABOVE = ('t5composer.config', 't5composer.callbacks', 't5composer.run', 't5compo
 DATA_WIRING = ('plan.py', 'preflight.py', 'loaders.py')
 
 
-def _imports(path: Path) -> list[str]:
-    names = []
-    for node in ast.walk(ast.parse(path.read_text(encoding='utf-8'))):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.append(node.module)
-        elif isinstance(node, ast.Import):
-            names += [alias.name for alias in node.names]
-    return names
-
-
 @pytest.mark.parametrize('path', sorted((PACKAGE / 'data').glob('*.py')) + sorted((PACKAGE / 'models').glob('*.py')),
                          ids=lambda p: f'{p.parent.name}/{p.name}')
 def test_no_imports_from_above(path):
     above = tuple(a for a in ABOVE if not (path.parent.name == 'data' and path.name in DATA_WIRING and a == 't5composer.config'))
-    up = [name for name in _imports(path) if any(name == a or name.startswith(a + '.') for a in above)]
+    up = [name for _, name, _ in _project_imports(path) if any(name == a or name.startswith(a + '.') for a in above)]
     assert not up, f'{path.relative_to(PACKAGE.parent)} imports {up}; move what it needs down (errors.py, models/, data/)'
 
 
