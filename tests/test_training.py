@@ -188,6 +188,18 @@ def test_one_message_names_a_misspelt_option_and_a_warmup_longer_than_the_run(tm
     assert not (tmp_path / 'runs').exists()
 
 
+def test_a_bad_weight_decay_is_named_once(tmp_path, monkeypatch, capsys):
+    # The value check names weight_decay; the optimizer's trial build, which refuses it before
+    # anything else, would only repeat it (its name and option names are still checked).
+    from t5composer.cli import train_main
+
+    monkeypatch.chdir(tmp_path)
+    assert train_main([str(REPO / 'yamls' / 'demo.yaml'), 'optimizer.weight_decay=-1']) == 2
+    message = capsys.readouterr().err
+    assert message.startswith('error: Invalid config (1 problem(s)):\n'), message
+    assert "'optimizer.weight_decay' must be >= 0, got -1.0; 0.0 turns weight decay off." in message
+
+
 @pytest.mark.parametrize('micro, expected', [(3, 'must divide the per-device batch 8'), ('auto', "'auto' needs a GPU")])
 def test_preflight_microbatch(micro, expected, monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)

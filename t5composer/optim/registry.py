@@ -203,7 +203,7 @@ def build_optimizer(
     return builder(groups, **call_kwargs)
 
 
-def optimizer_problems(name: str, *, lr: float, weight_decay: float, kwargs: dict[str, Any]) -> list[str]:
+def optimizer_problems(name: str, *, lr: float, weight_decay: float, kwargs: dict[str, Any], build: bool = True) -> list[str]:
     """Problems with a config's ``optimizer:`` section, as messages that name the YAML keys.
 
     The optimizer is built once over a dummy parameter, so that every value the optimizer itself
@@ -215,13 +215,15 @@ def optimizer_problems(name: str, *, lr: float, weight_decay: float, kwargs: dic
         lr: ``optimizer.lr``.
         weight_decay: ``optimizer.weight_decay``.
         kwargs: the section's other keys.
+        build: also build it (False: only the name and the option names, when the values it
+            would be built with are already reported as problems).
 
     Returns:
         One message per problem (empty when the optimizer builds).
     """
     problems = OPTIMIZERS.name_problems(name)
     problems = problems or OPTIMIZERS.option_problems(name, kwargs, also=('name', 'lr', 'weight_decay'))
-    if problems:
+    if problems or not build:
         return problems
     try:
         build_optimizer(nn.Linear(2, 2), name=name, lr=lr, weight_decay=weight_decay, **kwargs)

@@ -52,6 +52,7 @@ def preflight(cfg: TrainConfig, *, train: bool = True, dry_run_gpus: Optional[in
         Notes for the dry run (empty otherwise).
     """
     problems = [] if config_checked else value_problems(cfg)
+    value_named = list(problems)
     careful = bool(problems)
     dry = dry_run_gpus is not None
     on_gpu = torch.cuda.is_available() or dry  # a dry run checks for the GPU machine it targets
@@ -95,7 +96,10 @@ def preflight(cfg: TrainConfig, *, train: bool = True, dry_run_gpus: Optional[in
             problems.append(f"load_path '{load_path}' does not exist. Point load_path at a Composer checkpoint "
                             "(e.g. runs/pt_base/latest-rank0.pt), or remove it (~load_path) to start from scratch.")
     o = cfg.optimizer
-    problems += optimizer_problems(o.name, lr=o.lr, weight_decay=o.weight_decay, kwargs=o.kwargs)
+    # build_optimizer refuses lr and weight_decay before anything else: where the value checks
+    # above named one of them, its trial build could only say it again.
+    restated = any(m.startswith(("'optimizer.lr'", "'optimizer.weight_decay'")) for m in value_named)
+    problems += optimizer_problems(o.name, lr=o.lr, weight_decay=o.weight_decay, kwargs=o.kwargs, build=not restated)
     # The schedules subclass Composer's scheduler (seconds to import); every command line imports this module.
     from t5composer.optim.schedulers import scheduler_problems
 
