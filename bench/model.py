@@ -147,6 +147,55 @@ def sdpa_kernel_check(device: str, *, dtype: torch.dtype, heads: int = 12, lengt
     return report
 
 
+def model_attention_kernels(device: str, config: Any, *, dtype: torch.dtype, compiled: bool,
+                            batch: int = 2) -> list[str]:
+    """What runs the attention in our model's own training step, eager or compiled.
+
+    :func:`sdpa_kernel_check` calls SDPA on tensors it makes itself; what the dispatch picks also
+    depends on the layout of the bias the model passes (and, compiled, on what inductor does with
+    it). This runs forward + backward of a one-layer copy of ``config`` (same heads, head size,
+    lengths) under autocast to ``dtype`` and returns the profiled names that belong to attention:
+    the backend's aten ops (``aten::_scaled_dot_product_*``) and kernels with ``attention``,
+    ``fmha``, ``flash`` or ``softmax`` in their names (a ``softmax`` kernel means the scores were
+    materialised: the math path, or inductor's decomposition of it).
+
+    Args:
+        device: 'cpu' or 'cuda'.
+        config: the model's ``T5Config`` (layers and vocabulary are shrunk for the check).
+        dtype: the autocast dtype (fp32: no autocast).
+        compiled: run the step through ``torch.compile``.
+        batch: rows.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    from t5composer.models import T5ForConditionalGeneration
+
+    small = config.__class__(**{**config.to_dict(), 'num_layers': 1, 'num_decoder_layers': 1, 'vocab_size': 256})
+    model = T5ForConditionalGeneration(small).to(device).train()
+    step_model = torch.compile(model) if compiled else model
+    data = make_batch(small.vocab_size, batch=batch, device=device)
+
+    def step() -> None:
+        with torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32):
+            out = step_model(input_ids=data['input_ids'], labels=data['labels'])
+        out.loss.backward()
+
+    step()  # compiles
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == 'cuda' else [])
+    with profile(activities=activities) as prof:
+        step()
+        sync(device)
+    keys = ('attention', 'fmha', 'flash', 'softmax')
+    names = {e.key for e in prof.key_averages()}
+    # Leave out the loss's log_softmax, autograd's bookkeeping rows and the dispatching wrapper.
+    picked = sorted(n for n in names if any(k in n.lower() for k in keys) and 'log_softmax' not in n.lower()
+                    and 'logsoftmax' not in n.lower() and not n.startswith(('autograd::', 'aten::scaled_dot'))
+                    and not n.endswith('Backward0'))
+    if compiled:
+        torch._dynamo.reset()
+    return [n[:120] for n in picked]
+
+
 def projection_fusion_check(device: str, *, dtype: torch.dtype, tokens: int, d_model: int, inner: int, d_ff: int,
                             repeats: int = 5) -> dict[str, float]:
     """Milliseconds for forward + backward of T5's parallel projections, separate vs one fused matmul.
@@ -451,6 +500,14 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     for which, info in kernels.items():
         accepted = ', '.join(b for b, ok in info['accepts'].items() if ok) or 'none'
         print(f'  [model] SDPA {which}: default runs {", ".join(info["default"]) or "?"}; backends that accept it: {accepted}', flush=True)
+
+    for compiled in (False, True):
+        try:
+            found = model_attention_kernels(device, config, dtype=dtype, compiled=compiled)
+            print(f'  [model] attention in our step ({"compiled" if compiled else "eager"}): {"; ".join(found) or "?"}', flush=True)
+        except Exception as e:  # a diagnostic: report and go on to the timings
+            print(f'  [model] attention kernels ({"compiled" if compiled else "eager"}) FAILED {type(e).__name__}: '
+                  f'{str(e).splitlines()[0][:300] if str(e) else ""}', flush=True)
 
     flex_check = None
     flex_impls = tuple(dict.fromkeys(_parse_variant(s)[0] for s in specs if _parse_variant(s)[0].startswith('flex')))

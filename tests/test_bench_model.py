@@ -229,3 +229,11 @@ def test_the_loop_probe_keeps_host_ranges_out_of_the_gpus_busy_time():
     assert got['gpu_idle_fraction'] == pytest.approx(0.56)
     assert [(t['name'], t['calls_per_batch']) for t in got['top']] == [('gemm', 1), ('adam_kernel', 2)]
     assert got['host_ranges_on_device'] == [{'name': 'Optimizer.step#AdamWScale.step', 'ms_per_batch': pytest.approx(0.35)}]
+
+
+def test_model_attention_kernels_on_cpu():
+    """Our own eager step on CPU: the biased self-attention runs the math path, cross-attention flash."""
+    found = model_case.model_attention_kernels('cpu', tiny_config('v1_1', vocab_size=512), dtype=torch.float32, compiled=False)
+    assert 'aten::_scaled_dot_product_attention_math' in found
+    assert 'aten::_scaled_dot_product_flash_attention_for_cpu' in found
+    assert not [n for n in found if 'log_softmax' in n or n.startswith('autograd::')], found

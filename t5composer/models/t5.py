@@ -622,7 +622,10 @@ class T5Stack(nn.Module):
             bias = bias.masked_fill(~causal, neg)
         if attention_mask is not None:
             bias = _padding_to_bias(bias, attention_mask, neg)
-        return bias.to(dtype)  # cast once here, not in every layer
+        # Cast once here, not in every layer, and into a contiguous layout: compute_bias returns a
+        # permuted view (last-dim stride H), and SDPA's fused kernels want the mask's last dim dense;
+        # with the view, the compiled CUDA step fell back to the fp32 math path (materialised scores).
+        return bias.to(dtype, memory_format=torch.contiguous_format)
 
     def init_cache(
         self,
