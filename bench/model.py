@@ -501,9 +501,11 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         accepted = ', '.join(b for b, ok in info['accepts'].items() if ok) or 'none'
         print(f'  [model] SDPA {which}: default runs {", ".join(info["default"]) or "?"}; backends that accept it: {accepted}', flush=True)
 
-    for compiled in (False, True):
+    attention_kernels: dict[str, list[str]] = {}
+    for compiled in ((False, True) if on_cuda else (False,)):  # compiling on CPU takes long and tells little
         try:
             found = model_attention_kernels(device, config, dtype=dtype, compiled=compiled)
+            attention_kernels['compiled' if compiled else 'eager'] = found
             print(f'  [model] attention in our step ({"compiled" if compiled else "eager"}): {"; ".join(found) or "?"}', flush=True)
         except Exception as e:  # a diagnostic: report and go on to the timings
             print(f'  [model] attention kernels ({"compiled" if compiled else "eager"}) FAILED {type(e).__name__}: '
@@ -563,7 +565,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 'torch': torch.__version__, 'transformers': transformers.__version__,
                 'hf_attn_implementation': getattr(hf_model.config, '_attn_implementation', None),
                 'microbatch': microbatch, 'dtype': str(dtype).removeprefix('torch.'), 'flops_per_step': flops,
-                'device_name': device_name, 'sdpa_kernels': kernels, 'projection_fusion_ms': fusion, 'flex_check': flex_check, 'interleaved': not on_cuda,
+                'device_name': device_name, 'sdpa_kernels': kernels, 'attention_kernels': attention_kernels,
+                'projection_fusion_ms': fusion, 'flex_check': flex_check, 'interleaved': not on_cuda,
             })
             print(f'  [model] {v.spec}{"" if on_cuda else f" ({threads} threads)"}: {median:.3f} s/step, '
                   f'{tokens / median:,.0f} tokens/s, first loss {v.first_loss:.4f}', flush=True)

@@ -161,6 +161,34 @@ def test_pretraining_batches_build_no_padding_mask(monkeypatch, impl):
         assert masks == [None] * 2  # only the decoder's cross-attention goes through SDPA
 
 
+@pytest.mark.parametrize('padded', [False, True])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_sdpa_gets_the_self_attention_bias_contiguous(monkeypatch, padded, dtype):
+    """compute_bias is a permuted view (last-dim stride H); SDPA must get a dense copy.
+
+    With the view, the compiled CUDA step ran the biased self-attention on the fp32 math path
+    instead of the memory-efficient kernel (docs/performance.md, "Which SDPA kernel").
+    """
+    batch = _pretraining_batch()
+    if padded:
+        batch['attention_mask'] = torch.ones_like(batch['input_ids'])
+        batch['attention_mask'][0, -5:] = 0
+    layouts = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording_sdpa(q, k, v, attn_mask=None, **kwargs):
+        if attn_mask is not None:
+            layouts.append((attn_mask.is_contiguous(), attn_mask.dtype))
+        return sdpa(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(t5_module.F, 'scaled_dot_product_attention', recording_sdpa)
+    torch.manual_seed(0)
+    model = ComposerT5(model=T5ForConditionalGeneration(tiny_config('v1_1')))
+    with torch.autocast('cpu', dtype=dtype, enabled=dtype != torch.float32):
+        model.loss(model(batch), batch).backward()
+    assert layouts and all(layout == (True, dtype) for layout in layouts), layouts
+
+
 # ---------------------------------------------------------------------------------------------
 # Compile-friendliness
 # ---------------------------------------------------------------------------------------------

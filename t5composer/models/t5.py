@@ -625,7 +625,8 @@ class T5Stack(nn.Module):
         # Cast once here, not in every layer, and into a contiguous layout: compute_bias returns a
         # permuted view (last-dim stride H), and SDPA's fused kernels want the mask's last dim dense;
         # with the view, the compiled CUDA step fell back to the fp32 math path (materialised scores).
-        return bias.to(dtype, memory_format=torch.contiguous_format)
+        # (.to returns the view itself when the dtype already matches, hence .contiguous.)
+        return bias.to(dtype, memory_format=torch.contiguous_format).contiguous()
 
     def init_cache(
         self,
