@@ -332,7 +332,12 @@ def _lengths(cfg: TrainConfig) -> tuple[int, int]:
     d = cfg.data
     if isinstance(d, SNIDataConfig):
         return d.max_source_length, d.max_target_length
-    return d.input_length, d.span_corruption.target_length
+    objective = d.pretraining_objective
+    if objective.is_span_corruption:
+        return d.input_length, d.span_corruption.target_length
+    # A mixture's microbatches hold one denoiser each; the longest of either side bounds the memory.
+    shapes = [denoiser.output_lengths(d.span_corruption.expanded_length) for denoiser in objective.denoisers]
+    return max(e for e, _ in shapes), max(t for _, t in shapes)
 
 
 def _gib(x: float) -> str:
@@ -389,7 +394,7 @@ def dry_run(cfg: TrainConfig, *, recipe: str = '<config>', gpus: Optional[int] =
         # Local splits exist: refuse data converted with another tokenizer or length, damaged shards,
         # and splits (the builtin corpus's too) smaller than one batch of the target world, as a run would.
         d = cfg.data
-        check_splits(cfg, run.data, tokenizer, d.span_corruption.expanded_length, world_size=world)
+        check_splits(cfg, run.data, run.rows_tokenizer, d.span_corruption.expanded_length, world_size=world)
 
     with torch.device('meta'):  # shapes only: no memory, no init
         model = build_composer_t5(config=model_config, init='random', lm_head_init_std=cfg.model.lm_head_init_std,

@@ -33,6 +33,7 @@ from composer.core import Callback, Event, State
 from composer.loggers import Logger
 from composer.utils import dist, ensure_tuple
 
+from t5composer.data.denoising import batch_groups
 from t5composer.optim.grad_norm import step_grad_norm
 
 log = logging.getLogger(__name__)
@@ -170,9 +171,8 @@ class NonFiniteGuard(Callback):
 
 def _global_batch_size(state: State) -> int:
     size = state.device_train_microbatch_size  # fallback, replaced below when the batch is known
-    batch = state.batch
-    if isinstance(batch, dict):
-        first = next((v for v in batch.values() if torch.is_tensor(v)), None)
-        if first is not None:
-            size = first.shape[0]
+    if isinstance(state.batch, dict):
+        rows = [next((v.shape[0] for v in group.values() if torch.is_tensor(v)), None) for group in batch_groups(state.batch)]
+        if rows and None not in rows:
+            size = sum(rows)
     return int(size or 1) * dist.get_world_size()

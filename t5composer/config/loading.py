@@ -193,6 +193,8 @@ def _c4_problems(cfg: TrainConfig) -> list[str]:
     if not p and spec.noise_spans > 100:
         p.append(f"'data.input_length' {d.input_length} needs {spec.noise_spans} sentinel tokens but T5 tokenizers have 100; "
                  'lower input_length or raise mean_noise_span_length.')
+    if d.objective is not None and not p:
+        p += _objective_problems(d)
     if d.num_workers < 0:
         p.append(f"'data.num_workers' must be >= 0, got {d.num_workers}.")
     if d.builtin_corpus is not None:
@@ -205,6 +207,32 @@ def _c4_problems(cfg: TrainConfig) -> list[str]:
             p.append(f"Set 'data.local' (a directory of converted MDS splits) or 'data.remote'; convert C4 with: {command}")
         if cfg.tokenizer.name is None:
             p.append("Set 'tokenizer.name' (e.g. google/t5-v1_1-base or a local directory with spiece.model).")
+    return p
+
+
+def _objective_problems(d: DataConfig) -> list[str]:
+    """``data.objective`` (a preset or denoisers) against the rows the data section describes."""
+    key = "'data.objective.{}'"
+    try:
+        objective = d.pretraining_objective
+    except (TypeError, ValueError) as e:  # not a mapping, or entries that are not denoisers
+        return [f"'data.objective': {e}"]
+    p = objective.problems(key=key)
+    if p:
+        return p
+    if objective.is_span_corruption:
+        (only,) = objective.denoisers
+        if (only.corruption_rate, only.mean_span_length) != (d.noise_density, d.mean_noise_span_length):
+            p.append(f"'data.objective' is plain span corruption ({only.mean_span_length}, {only.corruption_rate}) but "
+                     f"'data.noise_density' / 'data.mean_noise_span_length' are {d.noise_density} / {d.mean_noise_span_length}; "
+                     'set those instead (they also say which rows the data has) and remove data.objective.')
+        return p
+    raw = d.span_corruption.expanded_length
+    for denoiser in objective.denoisers:
+        needed = denoiser.sentinels_needed(raw)
+        if needed > 100:
+            p.append(f"'data.objective' denoiser {denoiser.name} needs {needed} sentinel tokens on rows of {raw} tokens but T5 "
+                     'tokenizers have 100; raise its mean_span_length or lower its corruption_rate.')
     return p
 
 

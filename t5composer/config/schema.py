@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
 from t5composer.config.validation import required
+from t5composer.data.objectives import Denoiser, Objective
 from t5composer.data.span_spec import SpanCorruptionSpec
 
 __all__ = ['TokenizerConfig', 'ModelConfig', 'DataConfig', 'SNIDataConfig', 'OptimizerConfig', 'SchedulerConfig', 'NonFiniteConfig', 'ParallelismConfig', 'TrainConfig']
@@ -92,6 +93,13 @@ class DataConfig:
     builtin_corpus: ``python_docs`` builds an offline demo corpus, tokenizer and splits on first
         use (see yamls/demo.yaml); then leave tokenizer.name, local and remote null.
     builtin_vocab_size: SentencePiece pieces for the builtin corpus's tokenizer.
+    objective: what pre-training makes of each row; null (the default) is T5's span corruption
+        with ``noise_density`` / ``mean_noise_span_length`` above, exactly as before. A mixture of
+        denoisers: ``{preset: ul2}`` or ``{denoisers: [{kind: span, mean_span_length: 8,
+        corruption_rate: 0.15, mode_token: '[NLU]', weight: 1}, {kind: prefix, target_fraction:
+        [0.15, 0.35], mode_token: '[S2S]', weight: 1}, ...]}`` (docs/objectives.md). The
+        mixture reads the same converted rows (``input_length`` etc. still say which rows: no
+        reconversion); its mode tokens are added to the tokenizer.
     verify_hashes: at the start, compare every shard file with the checksum the converter
         recorded in its index.json (reads all the data once; xxh3_64 runs at several GB/s), and
         check shards Streaming fetches or unpacks later as well. Off: only presence, sizes and row
@@ -121,6 +129,15 @@ class DataConfig:
     builtin_corpus: Optional[Literal['python_docs']] = None
     builtin_vocab_size: int = 2000
     verify_hashes: bool = False
+    objective: Optional[dict[str, Any]] = None
+
+    @property
+    def pretraining_objective(self) -> Objective:
+        """``objective`` as a value; T5's span corruption with this section's noise settings when it is null."""
+        if self.objective is None:
+            return Objective(denoisers=(Denoiser(kind='span', mean_span_length=self.mean_noise_span_length,
+                                                 corruption_rate=self.noise_density),))
+        return Objective.from_config(self.objective)
 
     @property
     def span_corruption(self) -> SpanCorruptionSpec:

@@ -9,7 +9,7 @@ from functools import partial
 from typing import Any, Optional
 
 import torch
-from composer.core import Evaluator
+from composer.core import DataSpec, Evaluator
 from composer.utils import dist
 from streaming import StreamingDataset
 from torch.utils.data import DataLoader
@@ -18,6 +18,7 @@ from t5composer.config.batches import BatchSizes
 from t5composer.config.loading import cache_dir
 from t5composer.config.schema import TrainConfig
 from t5composer.errors import ConfigError
+from t5composer.data.denoising import MixtureCollator, mixture_num_samples, mixture_num_tokens, split_mixture_batch
 from t5composer.data.plan import DataPlan, check_splits, hold_split_locks
 from t5composer.data.preflight import split_size_problem
 from t5composer.data.shared_memory import release_shared_memory
@@ -48,31 +49,36 @@ class DataParts:
     eval_tasks: Optional[dict[str, list[str]]] = None
 
 
-def pretraining_loaders(cfg: TrainConfig, plan: DataPlan, tokenizer: Any, model_config: Any, batches: BatchSizes, *, train: bool) -> DataParts:
-    """Span-corruption loaders of the converted splits, after locking and checking them.
+def pretraining_loaders(cfg: TrainConfig, plan: DataPlan, tokenizer: Any, model_config: Any, batches: BatchSizes, *, train: bool,
+                        rows_tokenizer: Any = None) -> DataParts:
+    """Pre-training loaders of the converted splits (span corruption or a mixture of denoisers), after locking and checking them.
 
     Args:
         cfg: the config.
         plan: where the tokenizer and the splits are.
-        tokenizer: the loaded tokenizer.
+        tokenizer: the run's tokenizer (with the objective's mode tokens).
         model_config: the model's T5Config (its decoder start token).
         batches: the per-device batch sizes.
         train: build the train loader too (else only the evaluator).
+        rows_tokenizer: the tokenizer the rows were made with, before mode tokens were added (the
+            split checks compare its fingerprint); None: ``tokenizer``.
     """
     d = cfg.data
     device_batch, _, eval_batch = batches
     spec = d.span_corruption
     raw_length = spec.expanded_length
     hold_split_locks(cfg, plan, train)  # before the checks: the splits checked are the splits read
-    hashed = check_splits(cfg, plan, tokenizer, raw_length, world_size=dist.get_world_size(), train=train)
-    collator = SpanCorruptionCollator(
-        sentinel_ids=sentinel_ids(tokenizer, 100),
-        eos_id=tokenizer.eos_token_id,
-        decoder_start_id=model_config.decoder_start_token_id,
-        noise_density=spec.noise_density,
-        mean_noise_span_length=spec.mean_noise_span_length,
-        seed=cfg.seed,
-    )
+    hashed = check_splits(cfg, plan, rows_tokenizer if rows_tokenizer is not None else tokenizer, raw_length,
+                          world_size=dist.get_world_size(), train=train)
+    objective = d.pretraining_objective
+    common = dict(sentinel_ids=sentinel_ids(tokenizer, 100), eos_id=tokenizer.eos_token_id,
+                  decoder_start_id=model_config.decoder_start_token_id, seed=cfg.seed)
+    if objective.is_span_corruption:  # T5's objective: today's collator, the same rows and masks
+        collator = SpanCorruptionCollator(noise_density=spec.noise_density, mean_noise_span_length=spec.mean_noise_span_length, **common)
+    else:
+        vocab = tokenizer.get_vocab()
+        collator = MixtureCollator(objective=objective, pad_id=tokenizer.pad_token_id,
+                                   mode_token_ids={t: vocab[t] for t in objective.mode_tokens}, **common)
     loader_kwargs = dict(
         local=plan.local, remote=plan.remote, collator=collator,
         shuffle_seed=d.shuffle_seed if d.shuffle_seed is not None else cfg.seed,
@@ -87,16 +93,24 @@ def pretraining_loaders(cfg: TrainConfig, plan: DataPlan, tokenizer: Any, model_
         # Shards fetched or unpacked during the run are checked too (none to check on old splits).
         return SHARD_HASH if d.verify_hashes and hashed.get(split) else None
 
+    def spec_of(loader: Any) -> Any:
+        # A mixture's batch holds one group per denoiser (each its own sequence shape): Composer
+        # splits it into microbatches group by group and weighs them by their target tokens.
+        if objective.is_span_corruption:
+            return loader
+        return DataSpec(loader, split_batch=split_mixture_batch, get_num_samples_in_batch=mixture_num_samples,
+                        get_num_tokens_in_batch=mixture_num_tokens)
+
     train_loader = None
     if train:
-        train_loader = build_span_dataloader(split=d.train_split, device_batch_size=device_batch, shuffle=d.shuffle, train=True,
-                                             validate_hash=validate_hash(d.train_split), **loader_kwargs)
+        train_loader = spec_of(build_span_dataloader(split=d.train_split, device_batch_size=device_batch, shuffle=d.shuffle, train=True,
+                                                     validate_hash=validate_hash(d.train_split), **loader_kwargs))
     evaluators = []
     if d.eval_split:
         # Under torch.compile a short last batch costs a recompile (a minute for T5-base on an H100).
         eval_loader = build_span_dataloader(split=d.eval_split, device_batch_size=eval_batch, shuffle=False, train=False,
                                             drop_last=cfg.compile, validate_hash=validate_hash(d.eval_split), **loader_kwargs)
-        evaluators.append(Evaluator(label='eval', dataloader=eval_loader, metric_names=['LanguageNLL', 'TokenAccuracy']))
+        evaluators.append(Evaluator(label='eval', dataloader=spec_of(eval_loader), metric_names=['LanguageNLL', 'TokenAccuracy']))
     return DataParts(train_loader=train_loader, evaluators=evaluators)
 
 
@@ -162,6 +176,7 @@ def sni_root(cfg: TrainConfig) -> str:
 
 def shared_memory_releases(parts: DataParts) -> list:
     """One function per Streaming dataset of ``parts`` that unmaps its shared memory (Streaming's own waits for exit)."""
-    loaders = [parts.train_loader] + [e.dataloader.dataloader for e in parts.evaluators]  # an Evaluator holds a DataSpec
+    train = parts.train_loader.dataloader if isinstance(parts.train_loader, DataSpec) else parts.train_loader  # a mixture's
+    loaders = [train] + [e.dataloader.dataloader for e in parts.evaluators]  # an Evaluator holds a DataSpec
     datasets = [getattr(loader, 'dataset', None) for loader in loaders if loader is not None]
     return [partial(release_shared_memory, d) for d in datasets if isinstance(d, StreamingDataset)]

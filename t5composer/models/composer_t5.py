@@ -18,6 +18,7 @@ import transformers
 from composer.models import ComposerModel
 from torchmetrics import Metric
 
+from t5composer.data.denoising import batch_groups
 from t5composer.models.metrics import LanguageNLL, TokenAccuracy
 from t5composer.models.t5 import T5ForConditionalGeneration, shift_right, ties_word_embeddings
 
@@ -205,18 +206,18 @@ class ComposerT5(ComposerModel):
         """Forward + backward matmul FLOPs of this batch; see :func:`t5_flops_per_batch`.
 
         Args:
-            batch: the batch (shapes of ``input_ids`` and ``decoder_input_ids``/``labels``).
+            batch: the batch (shapes of ``input_ids`` and ``decoder_input_ids``/``labels``), or a
+                mixture of denoisers' batch (the sum over its groups).
         """
-        input_ids = batch['input_ids']
-        targets = batch.get('decoder_input_ids')
-        if targets is None:
-            targets = batch['labels']
-        return t5_flops_per_batch(
-            self.config,
-            batch_size=input_ids.shape[0],
-            encoder_length=input_ids.shape[1],
-            decoder_length=targets.shape[1],
-        )
+        flops = 0
+        for group in batch_groups(batch):
+            input_ids = group['input_ids']
+            targets = group.get('decoder_input_ids')
+            if targets is None:
+                targets = group['labels']
+            flops += t5_flops_per_batch(self.config, batch_size=input_ids.shape[0], encoder_length=input_ids.shape[1],
+                                        decoder_length=targets.shape[1])
+        return flops
 
 
 _CONVERT_HINT = (

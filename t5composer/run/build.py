@@ -81,7 +81,8 @@ def build_trainer(
         plan = plan_run(cfg, world_size=dist.get_world_size())
         _prepare_process(cfg)
         data = (sni_loaders(cfg, plan.tokenizer, plan.model_config, plan.batches, train=train) if plan.data is None
-                else pretraining_loaders(cfg, plan.data, plan.tokenizer, plan.model_config, plan.batches, train=train))
+                else pretraining_loaders(cfg, plan.data, plan.tokenizer, plan.model_config, plan.batches, train=train,
+                                         rows_tokenizer=plan.rows_tokenizer))
         releases += shared_memory_releases(data)
         model = _build_model(cfg, plan, data)
         check_start_checkpoint(resume_path or cfg.load_path, model, resumed=resume_path is not None,
@@ -108,7 +109,11 @@ def build_trainer(
             step_schedulers_every_batch=True, algorithms=algorithms, callbacks=callbacks, loggers=loggers, device=device,
             device_train_microbatch_size=plan.batches.micro, parallelism_config=plan.parallelism,
             compile_config={} if cfg.compile else None,
-            load_weights_only=cfg.load_weights_only or cfg.model.init == 'checkpoint', **_trainer_settings(cfg),
+            load_weights_only=cfg.load_weights_only or cfg.model.init == 'checkpoint',
+            # A mixture's microbatches hold different numbers of target tokens per row: weigh each by
+            # its tokens, so the step's loss is the mean over the batch's target tokens.
+            accumulate_train_batch_on_tokens=plan.data is not None and not cfg.data.pretraining_objective.is_span_corruption,
+            **_trainer_settings(cfg),
         )
     except BaseException:
         release_all(releases)

@@ -5,6 +5,7 @@ and the dry run (:mod:`t5composer.dry_run`) read the same answers.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import shutil
@@ -24,9 +25,10 @@ from t5composer.config.validation import ConfigError
 from t5composer.data.locations import is_remote
 from t5composer.data.plan import DataPlan, plan_data
 from t5composer.models import load_model_config
-from t5composer.tokenization import load_tokenizer, looks_like_path
+from t5composer.tokenization import add_mode_tokens, load_tokenizer, looks_like_path, mode_token_problems
 
-__all__ = ['RunPlan', 'checkpoint_metadata', 'load_run_tokenizer', 'local_save_folder', 'model_config_for', 'plan_run']
+__all__ = ['RunPlan', 'checkpoint_metadata', 'load_run_tokenizer', 'local_save_folder', 'model_config_for', 'plan_run',
+           'run_mode_tokens']
 
 
 @dataclass
@@ -42,6 +44,8 @@ class RunPlan:
         model_config: the T5Config the model is built from.
         parallelism: the Trainer's ``parallelism_config`` (None without FSDP).
         notes: what a dry run could not check here, said in its report.
+        data_tokenizer: the tokenizer as the rows were made with it, before the run's mode tokens
+            were added (the split checks compare its fingerprint); None when it is ``tokenizer``.
     """
 
     world_size: int
@@ -52,6 +56,12 @@ class RunPlan:
     model_config: Any
     parallelism: Optional[dict[str, Any]]
     notes: list[str] = field(default_factory=list)
+    data_tokenizer: Any = None
+
+    @property
+    def rows_tokenizer(self) -> Any:
+        """The tokenizer the converted rows were made with (:attr:`data_tokenizer`, else :attr:`tokenizer`)."""
+        return self.tokenizer if self.data_tokenizer is None else self.data_tokenizer
 
 
 def local_save_folder(cfg: TrainConfig) -> Optional[str]:
@@ -217,10 +227,29 @@ def plan_run(cfg: TrainConfig, *, world_size: int, dry_run: bool = False) -> Run
     if tokenizer_name is None:
         raise ConfigError([f"The checkpoint '{cfg.load_path}' carries no tokenizer; set tokenizer.name."])
     tokenizer = _tokenizer_if_reachable(tokenizer_name, notes) if dry_run else load_run_tokenizer(tokenizer_name)
+    rows_tokenizer, ids = None, {}
+    modes = run_mode_tokens(cfg)
+    if tokenizer is not None and modes:
+        # Rows never hold mode tokens: the data was made (and is checked) with the tokenizer as
+        # loaded; the run itself, the model's vocabulary and what the checkpoints carry use the
+        # tokenizer with them.
+        rows_tokenizer, tokenizer = tokenizer, copy.deepcopy(tokenizer)
+        ids = add_mode_tokens(tokenizer, modes)
     model_config = model_config_for(cfg, tokenizer, checkpoint_config=checkpoint_config, notes=notes)
+    if tokenizer is not None and modes:
+        problems = mode_token_problems(ids, model_config.vocab_size)
+        if problems:
+            raise ConfigError(problems)
     if tokenizer is not None and model_config.vocab_size < len(tokenizer):
         raise ConfigError([f'The model has vocab_size {model_config.vocab_size} but the tokenizer {tokenizer_name} has {len(tokenizer)} '
                            'tokens; they do not belong together.'])
     return RunPlan(world_size=world_size, batches=batch_sizes(cfg, world_size), data=data,
                    tokenizer_name=tokenizer_name, tokenizer=tokenizer, model_config=model_config,
-                   parallelism=trainer_parallelism_config(cfg), notes=notes)
+                   parallelism=trainer_parallelism_config(cfg), notes=notes, data_tokenizer=rows_tokenizer)
+
+
+def run_mode_tokens(cfg: TrainConfig) -> tuple[str, ...]:
+    """The mode tokens a run puts in front of its inputs: its objective's (pre-training) or ``data.mode_token`` (SNI)."""
+    if isinstance(cfg.data, SNIDataConfig):
+        return (cfg.data.mode_token,) if cfg.data.mode_token else ()
+    return tuple(cfg.data.pretraining_objective.mode_tokens)
