@@ -352,7 +352,7 @@ def load_sni_split(
         SNIDataError: no task of the list could be loaded.
     """
     del max_target_length  # truncation happens at tokenization (SNIDataset), as in Tk-Instruct
-    text_length = max_source_length - (mode_token is not None)  # the mode token counts within the budget
+    text_length = max_source_length - (1 if mode_token is not None else 0)  # the mode token counts within the budget
     base = Path(os.path.expanduser(str(root)))
     names = read_split_list(root=base, split_name=split_name, subset=subset)
     list_file = f'splits/{split_name}/{subset}_tasks.txt'
