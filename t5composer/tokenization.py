@@ -4,6 +4,10 @@ Every entry point returns a ``transformers`` fast tokenizer with T5's layout: Se
 first (pad 0, eos 1, unk 2), then 100 sentinels ``<extra_id_99> .. <extra_id_0>`` on top, so
 ``<extra_id_0>`` is the largest id (32099 for the real T5 vocabulary).
 
+UL2's mode tokens (``[NLU]``, ``[NLG]``, ``[S2S]``) are added on request by :func:`add_mode_tokens`,
+after the sentinels, always in the same order, so their ids do not depend on which of them a run
+uses (:func:`mode_token_problems` says when they do not fit the model).
+
 Also a batch encoder for data conversion (:class:`BatchEncoder`): when the tokenizer carries its
 ``spiece.model``, it encodes with ``sentencepiece`` itself, as T5's own pipeline did, ~5-7x faster
 per core than the ``tokenizers`` Unigram re-implementation.
@@ -14,14 +18,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 __all__ = [
     'BatchEncoder',
+    'MODE_TOKENS',
     'NUM_SENTINELS',
+    'add_mode_tokens',
     'load_tokenizer',
     'looks_like_path',
+    'mode_token_name_problem',
+    'mode_token_problems',
     'sentinel_ids',
     'spiece_to_fast',
     'tokenizer_fingerprint',
@@ -29,6 +38,11 @@ __all__ = [
 ]
 
 NUM_SENTINELS = 100
+
+# UL2's mode tokens, in the order they get ids (after the sentinels: 32100, 32101, 32102 for T5's
+# vocabulary): [NLU] regular span corruption, [NLG] extreme corruption, [S2S] prefix LM.
+MODE_TOKENS = ('[NLU]', '[NLG]', '[S2S]')
+_SENTINEL = re.compile(r'<extra_id_\d+>')
 
 # Probe text: sentencepiece and the converted fast tokenizer must encode it identically. Catches
 # conversion bugs (a lost leading '▁', whitespace handling) for any SentencePiece model.
@@ -207,6 +221,81 @@ def sentinel_ids(tokenizer: Any, n: int) -> list[int]:
             f'but {n} are needed. Use a T5 tokenizer with extra_ids >= {n}.'
         )
     return [vocab[f'<extra_id_{k}>'] for k in range(n)]
+
+
+def mode_token_name_problem(token: Any) -> Optional[str]:
+    """Why ``token`` cannot be a mode token, or None when it can.
+
+    Args:
+        token: the requested token (e.g. ``data.mode_token`` of a config).
+    """
+    if not isinstance(token, str) or not token or token != token.strip():
+        return (f'must be a non-empty string without surrounding whitespace, got {token!r}; '
+                f'use one of UL2\'s {", ".join(MODE_TOKENS)} (or a token of your own, such as [R])')
+    return None
+
+
+def add_mode_tokens(tokenizer: Any, tokens: Sequence[str]) -> dict[str, int]:
+    """Make each of ``tokens`` a single special token of ``tokenizer``; return their ids.
+
+    Ids do not depend on which tokens a run asks for, so pre-training and fine-tuning agree:
+    whenever any token is requested, all of :data:`MODE_TOKENS` are added first, in that order
+    (those the tokenizer lacks), then the other requested tokens in the order given. Idempotent;
+    the existing additional special tokens (T5's ``<extra_id_k>``) stay. A requested token already
+    added to the tokenizer keeps its id (and becomes special). Rows of converted data never
+    contain mode tokens: compare the data's tokenizer fingerprint before calling this.
+
+    Args:
+        tokenizer: a transformers tokenizer, changed in place.
+        tokens: the mode tokens wanted (e.g. ``['[S2S]']``); empty adds nothing.
+
+    Returns:
+        ``{token: id}`` for each of ``tokens``.
+
+    Raises:
+        ValueError: a token that is not a non-empty string without surrounding whitespace, or one
+            that already means something else (a piece of the vocabulary, a sentinel, pad, EOS, unk).
+    """
+    for token in tokens:
+        problem = mode_token_name_problem(token)
+        if problem:
+            raise ValueError(f'Mode token {problem}.')
+    if not tokens:
+        return {}
+    wanted = list(dict.fromkeys([*MODE_TOKENS, *tokens]))
+    added = tokenizer.get_added_vocab()
+    own = {tokenizer.pad_token, tokenizer.eos_token, tokenizer.unk_token}
+    taken = [t for t in wanted if t in own or _SENTINEL.fullmatch(t) or (t not in added and t in tokenizer.get_vocab())]
+    if taken:
+        raise ValueError(
+            f'{", ".join(taken)}: already a piece, sentinel or special token of the tokenizer, with a meaning of its own '
+            '(as a mode token it would also be dropped from decoded text). Choose other mode tokens, e.g. in brackets like [R].'
+        )
+    special = set(tokenizer.all_special_tokens)
+    missing = [t for t in wanted if t not in special]
+    if missing:
+        # Tokens already in the vocabulary keep their ids; new ones are numbered in list order.
+        tokenizer.add_special_tokens({'additional_special_tokens': missing}, replace_additional_special_tokens=False)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in tokens}
+    for token, i in ids.items():
+        if tokenizer(token, add_special_tokens=False)['input_ids'] != [i]:
+            raise RuntimeError(f'The tokenizer does not encode the mode token {token!r} as its single id {i}; please report it.')
+    return ids
+
+
+def mode_token_problems(ids: Mapping[str, int], vocab_size: int) -> list[str]:
+    """One line per mode token whose id the model's embedding has no row for.
+
+    Args:
+        ids: ``{token: id}`` (:func:`add_mode_tokens`).
+        vocab_size: the model's ``vocab_size``.
+    """
+    return [
+        f'The mode token {token} has id {i}, but the model has vocab_size {vocab_size} (ids 0..{vocab_size - 1}); '
+        f'with model.init random, set model.vocab_size to at least {i + 1} (or to tokenizer: its size rounded up to a multiple '
+        'of 128); otherwise use fewer custom mode tokens.'
+        for token, i in ids.items() if i >= vocab_size
+    ]
 
 
 class BatchEncoder:

@@ -56,6 +56,42 @@ def test_random_init_fine_tune_writes_predictions_and_scores(tmp_path):
 
 
 @pytest.mark.slow
+def test_fine_tune_with_a_mode_token_trains_evaluates_and_exports_it(tmp_path):
+    from t5composer.models.hf_interchange import export_composer_checkpoint
+    from t5composer.tokenization import MODE_TOKENS, load_tokenizer
+
+    base = load_tokenizer(_demo_tokenizer())
+    cfg = ft(data={**ft()['data'], 'mode_token': '[S2S]'}, save_folder=str(tmp_path / 'run'), save_interval='6ba')
+    trainer = build_trainer(config_from_dict(cfg))
+    s2s = len(base) + 2  # after the sentinels and [NLU], [NLG]
+    loaders = [trainer.state.train_dataloader] + [e.dataloader.dataloader for e in trainer.state.evaluators]
+    for loader in loaders:
+        batch = next(iter(loader))
+        assert loader.dataset.mode_token_id == s2s and (batch['input_ids'][:, 0] == s2s).all()
+        assert (batch['attention_mask'].sum(1) <= 96).all()
+    trainer.fit()
+    rouge = float(trainer.state.eval_metrics['sni']['RougeL'].compute())
+    trainer.close()
+    assert 0.0 <= rouge <= 100.0
+    rows = [json.loads(line) for line in (tmp_path / 'run' / 'predictions' / 'sni-ba6.jsonl').read_text().splitlines()]
+    assert len(rows) == 8 and not any('[S2S]' in r['prediction'] for r in rows)
+    # The checkpoint carries the tokenizer the run used, mode tokens included; the export keeps their ids.
+    out = export_composer_checkpoint(tmp_path / 'run' / 'latest-rank0.pt', tmp_path / 'hf')
+    exported = load_tokenizer(out)
+    assert exported.convert_tokens_to_ids(list(MODE_TOKENS)) == [s2s - 2, s2s - 1, s2s] and len(exported) == len(base) + 3
+    assert exported('[S2S] x', add_special_tokens=False).input_ids[0] == s2s
+    # Evaluating the checkpoint with its own tokenizer (which has the tokens already) prompts the same way.
+    evaluation = build_trainer(config_from_dict({**cfg, 'tokenizer': {'name': None}, 'model': {'init': 'checkpoint'},
+                                                 'load_path': str(tmp_path / 'run' / 'latest-rank0.pt')}), train=False,
+                               predictions_folder=str(tmp_path / 'eval'))
+    loader = evaluation.state.evaluators[0].dataloader.dataloader
+    assert loader.dataset.mode_token_id == s2s and (next(iter(loader))['input_ids'][:, 0] == s2s).all()
+    evaluation.eval()
+    evaluation.close()
+    assert (tmp_path / 'eval' / 'predictions' / 'sni-ba0.jsonl').exists()
+
+
+@pytest.mark.slow
 def test_fine_tune_from_a_pretraining_checkpoint_takes_its_weights_and_tokenizer(tmp_path):
     pre = build_trainer(config_from_dict(tiny(max_duration='4ba', save_folder=str(tmp_path / 'pt'), save_interval='4ba')))
     pre.fit()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import string
@@ -335,6 +336,38 @@ def test_dataset_truncates_keeping_eos(tok):
     assert sorted(parts[0] + parts[1]) == list(range(10))
 
 
+def test_mode_token_is_the_first_input_id_within_the_budget(tok):
+    base = copy.deepcopy(tok)  # the session's tokenizer stays without mode tokens
+    examples = [_example('Return the value of the list ' * 20, 'The value.', 0), _example('Return.', 'A.', 1)]
+    plain = SNIDataset(examples, tokenizer=base, max_source_length=15, max_target_length=8)
+    ds = SNIDataset(examples, tokenizer=base, max_source_length=16, max_target_length=8, mode_token='[S2S]')
+    assert ds.mode_token_id == base.convert_tokens_to_ids('[S2S]') == len(tok) + 2 and plain.mode_token_id is None
+    long, short = ds[0]['input_ids'], ds[1]['input_ids']
+    assert len(long) == 16 and long[0] == ds.mode_token_id and long[-1] == tok.eos_token_id
+    assert long[1:] == plain[0]['input_ids']  # the text truncated one id earlier, EOS kept
+    assert short == [ds.mode_token_id] + tok('Return.')['input_ids']
+    assert ds[0]['labels'] == plain[0]['labels'] and ds[1]['source'] == 'Return.'  # the text, without the token
+    assert SNIDataset(examples, tokenizer=base, max_source_length=2, mode_token='[S2S]')[0]['input_ids'] == [ds.mode_token_id, 1]
+    with pytest.raises(ValueError, match='at least 2 with a mode token'):
+        SNIDataset(examples, tokenizer=base, max_source_length=1, mode_token='[S2S]')
+    assert len(tok) == 700  # untouched
+
+
+def test_mode_token_sources_leave_room_for_it(tmp_path, tok):
+    base = copy.deepcopy(tok)
+    write_synthetic_sni(tmp_path, seed=3, instances_per_train_task=6, instances_per_test_task=4)
+    for subset in ('train', 'test'):
+        kw = dict(root=tmp_path, subset=subset, tokenizer=base, max_instances_per_task=6)
+        before = load_sni_split(**kw, max_source_length=48).examples
+        assert load_sni_split(**kw, max_source_length=48, mode_token=None).examples == before  # None: as before
+        with_token = load_sni_split(**kw, max_source_length=49, mode_token='[S2S]').examples
+        assert with_token == before  # the text is built for one token less
+        ds = SNIDataset(with_token, tokenizer=base, max_source_length=49, mode_token='[S2S]')
+        assert all(ds[i]['input_ids'][0] == ds.mode_token_id and len(ds[i]['input_ids']) <= 49 for i in range(len(ds)))
+        assert [ds[i]['input_ids'][1:] for i in range(len(ds))] == [
+            SNIDataset(before, tokenizer=tok, max_source_length=48)[i]['input_ids'] for i in range(len(ds))]
+
+
 def test_collator_pads_and_shifts():
     items = [
         {'input_ids': [5, 6, 7, 1], 'labels': [8, 9, 1], 'task': 'a', 'id': 'a-0', 'references': ['x'],
@@ -450,6 +483,16 @@ def test_real_sni_sample(t5_tok):
     assert {'task1087_two_number_sum', 'task1331_reverse_array', 'task1403_check_validity_date_mmddyyyy'} <= set(train.tasks)
     ds = SNIDataset(test.examples, tokenizer=t5_tok)
     assert all(len(ds[i]['input_ids']) <= 1024 for i in range(len(ds)))
+
+
+def test_real_sni_sample_with_mode_token(t5_tok):
+    tok = copy.deepcopy(t5_tok)
+    split = load_sni_split(root=shared_data('sni_sample'), split_name='sample', subset='test', tokenizer=tok,
+                           max_instances_per_task=5, max_source_length=128, mode_token='[S2S]')
+    ds = SNIDataset(split.examples, tokenizer=tok, max_source_length=128, mode_token='[S2S]')
+    rows = [ds[i]['input_ids'] for i in range(len(ds))]
+    assert ds.mode_token_id == 32102 and all(r[0] == 32102 and r[-1] == 1 and len(r) <= 128 for r in rows)
+    assert max(map(len, rows)) == 128
 
 
 def test_real_template_and_truncation(t5_tok):

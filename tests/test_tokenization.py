@@ -11,7 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from t5composer.tokenization import BatchEncoder, load_tokenizer, sentinel_ids, tokenizer_fingerprint, vocab_size
+from t5composer.tokenization import (
+    MODE_TOKENS,
+    BatchEncoder,
+    add_mode_tokens,
+    load_tokenizer,
+    mode_token_name_problem,
+    mode_token_problems,
+    sentinel_ids,
+    tokenizer_fingerprint,
+    vocab_size,
+)
 from t5composer.tokenizer_training import iter_sentences, train_tokenizer
 from conftest import shared_data
 
@@ -126,6 +136,76 @@ def test_load_errors(tmp_path, monkeypatch):
         load_tokenizer('google/t5-v1_1-base')
 
 
+# ---- UL2 mode tokens -------------------------------------------------------------------------
+@pytest.mark.parametrize('asked', [['[S2S]'], ['[NLG]', '[NLU]'], ['[S2S]', '[NLU]', '[NLG]'], ['[R]', '[S2S]'], ['[NLU]', '[R]', '[X]']])
+def test_mode_token_ids_do_not_depend_on_the_subset_asked(tiny_tok_dir, asked):
+    tok = load_tokenizer(tiny_tok_dir)
+    base_len, sentinels, base_special = len(tok), sentinel_ids(tok, 100), list(tok.additional_special_tokens)
+    ids = add_mode_tokens(tok, asked)
+    canonical = {t: VOCAB + 100 + k for k, t in enumerate(MODE_TOKENS)}
+    custom = [t for t in asked if t not in MODE_TOKENS]
+    assert ids == {t: canonical[t] if t in canonical else VOCAB + 103 + custom.index(t) for t in asked}
+    assert tok.convert_tokens_to_ids(list(MODE_TOKENS)) == list(canonical.values())
+    assert len(tok) == base_len + 3 + len(custom)
+    # Idempotent: asking again (or for fewer) adds nothing and gives the same ids.
+    assert add_mode_tokens(tok, asked) == ids and add_mode_tokens(tok, asked[:1]) == {asked[0]: ids[asked[0]]}
+    assert len(tok) == base_len + 3 + len(custom) and add_mode_tokens(tok, []) == {}
+    # T5's sentinels stay what they were, as additional special tokens.
+    assert sentinel_ids(tok, 100) == sentinels and tok.additional_special_tokens[:100] == base_special
+
+
+def test_mode_token_encodes_as_one_id_and_decodes_away(tiny_tok_dir):
+    tok = load_tokenizer(tiny_tok_dir)
+    s2s = add_mode_tokens(tok, ['[S2S]'])['[S2S]']
+    assert tok('[S2S]', add_special_tokens=False).input_ids == [s2s]
+    ids = tok('Return [S2S] the value.').input_ids
+    assert ids.count(s2s) == 1 and ids[-1] == tok.eos_token_id
+    assert '[S2S]' not in tok.decode(ids, skip_special_tokens=True) and '[S2S]' in tok.decode(ids)
+    assert tok.decode(tok('[S2S] Return the value.').input_ids, skip_special_tokens=True) == 'Return the value.'
+
+
+def test_fingerprint_of_the_loaded_tokenizer_has_no_mode_tokens(tiny_tok_dir, tmp_path):
+    """Loading adds nothing, so the converter's fingerprint matches until mode tokens are added (compare before)."""
+    base = tokenizer_fingerprint(load_tokenizer(tiny_tok_dir))
+    tok = load_tokenizer(tiny_tok_dir)
+    add_mode_tokens(tok, ['[NLU]'])
+    assert len(load_tokenizer(tiny_tok_dir)) == VOCAB + 100 and tokenizer_fingerprint(load_tokenizer(tiny_tok_dir)) == base
+    assert tokenizer_fingerprint(tok) != base
+    # Saved (as checkpoints and Hugging Face exports save it) and loaded back: same ids, same fingerprint.
+    from t5composer.models.checkpoint_metadata import read_tokenizer_files
+
+    tok.save_pretrained(tmp_path / 'saved')
+    carried = tmp_path / 'carried'
+    carried.mkdir()
+    for name, data in read_tokenizer_files(tok).items():
+        (carried / name).write_bytes(data)
+    for again in (load_tokenizer(tmp_path / 'saved'), load_tokenizer(carried)):
+        assert again.convert_tokens_to_ids(list(MODE_TOKENS)) == [VOCAB + 100, VOCAB + 101, VOCAB + 102]
+        assert tokenizer_fingerprint(again) == tokenizer_fingerprint(tok) and sentinel_ids(again, 100) == sentinel_ids(tok, 100)
+        assert add_mode_tokens(again, ['[S2S]']) == {'[S2S]': VOCAB + 102} and len(again) == len(tok)
+
+
+def test_bad_mode_tokens_are_refused(tiny_tok_dir):
+    tok = load_tokenizer(tiny_tok_dir)
+    piece = tok.convert_ids_to_tokens(10)
+    for bad in ('', ' [S2S]', 3):
+        assert 'non-empty string' in mode_token_name_problem(bad)
+        with pytest.raises(ValueError, match='non-empty string without surrounding whitespace'):
+            add_mode_tokens(tok, [bad])
+    for taken in ('</s>', '<pad>', '<extra_id_0>', piece):
+        with pytest.raises(ValueError, match='already a piece, sentinel or special token'):
+            add_mode_tokens(tok, [taken])
+    assert len(tok) == VOCAB + 100  # a refused request adds nothing
+    assert mode_token_name_problem('[S2S]') is None
+
+
+def test_mode_token_problems_name_token_id_size_and_fix():
+    assert mode_token_problems({'[NLU]': 32100, '[S2S]': 32102}, 32128) == []
+    (problem,) = mode_token_problems({'[S2S]': 32102, '[R]': 32128}, 32128)
+    assert problem.startswith('The mode token [R] has id 32128, but the model has vocab_size 32128')
+    assert 'model.vocab_size to at least 32129' in problem and 'fewer custom mode tokens' in problem
+
+
 def test_batch_encoder_backends(tiny_tok_dir, tmp_path, demo_texts):
     tok = load_tokenizer(tiny_tok_dir)
     sp_enc, hf_enc = BatchEncoder(tok), BatchEncoder(tok, backend='tokenizers')
@@ -192,6 +272,15 @@ def test_real_t5_tokenizer_ids():
         assert sentinel_ids(tok, 2) == [32099, 32098]
         assert sentinel_ids(tok, 100)[-1] == 32000
     assert tokenizer_fingerprint(load_tokenizer(spiece)) == tokenizer_fingerprint(load_tokenizer(spiece.parent))
+
+
+def test_real_t5_mode_token_ids():
+    tok = load_tokenizer(shared_data('tokenizer', 't5', 'spiece.model'))
+    assert add_mode_tokens(tok, ['[S2S]']) == {'[S2S]': 32102}
+    assert tok.convert_tokens_to_ids(list(MODE_TOKENS)) == [32100, 32101, 32102]
+    assert mode_token_problems(add_mode_tokens(tok, list(MODE_TOKENS)), 32128) == []  # T5 v1.1's vocab_size
+    assert sentinel_ids(tok, 100) == list(range(32099, 31999, -1))
+    assert tok('[NLG] translate English to German: That is good.').input_ids == [32101, 13959, 1566, 12, 2968, 10, 466, 19, 207, 5, 1]
 
 
 def test_real_t5_backends_agree_on_c4():

@@ -161,6 +161,9 @@ class SNIDataConfig:
         num_pos_examples: positive examples in each source (Tk-Instruct: 2).
         max_new_tokens: generation length at evaluation.
         eval: evaluate RougeL / exact match on the test tasks.
+        mode_token: a UL2 mode token put first in every source, in training and evaluation
+            (``[S2S]`` for generation-style prompting; counted within max_source_length), added
+            to the tokenizer if missing; null: Tk-Instruct's sources exactly.
     """
 
     name: Literal['sni'] = 'sni'
@@ -176,6 +179,7 @@ class SNIDataConfig:
     shuffle: bool = True
     num_workers: int = 0
     pin_memory: bool = True
+    mode_token: Optional[str] = None
 
 
 @dataclass

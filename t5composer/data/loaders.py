@@ -128,7 +128,8 @@ def sni_loaders(cfg: TrainConfig, tokenizer: Any, model_config: Any, batches: Ba
     device_batch, _, eval_batch = batches
     root = sni_root(cfg)
     common = dict(root=root, split_name=d.split_name, tokenizer=tokenizer, seed=cfg.seed, max_instances_per_task=d.max_instances_per_task,
-                  max_source_length=d.max_source_length, max_target_length=d.max_target_length, num_pos_examples=d.num_pos_examples)
+                  max_source_length=d.max_source_length, max_target_length=d.max_target_length, num_pos_examples=d.num_pos_examples,
+                  mode_token=d.mode_token)
     collator = SNICollator(pad_id=tokenizer.pad_token_id, decoder_start_id=model_config.decoder_start_token_id)
 
     def loader(subset: str, batch_size: int, train: bool) -> tuple[Any, Any]:
@@ -148,7 +149,8 @@ def sni_loaders(cfg: TrainConfig, tokenizer: Any, model_config: Any, batches: Ba
                 more=None if d.builtin_tasks else f'Add tasks to splits/{d.split_name}/{subset}_tasks.txt, raise data.max_instances_per_task')
             if problem:
                 raise ConfigError([problem])
-        dataset = SNIDataset(split.examples, tokenizer=tokenizer, max_source_length=d.max_source_length, max_target_length=d.max_target_length)
+        dataset = SNIDataset(split.examples, tokenizer=tokenizer, max_source_length=d.max_source_length, max_target_length=d.max_target_length,
+                             mode_token=d.mode_token)
         # A map-style dataset with Composer's distributed sampler: shards across ranks, shuffles
         # with the seed, and Composer resumes it mid-epoch by skipping the batches already seen.
         sampler = dist.get_sampler(dataset, shuffle=train and d.shuffle, drop_last=train, seed=cfg.seed)

@@ -11,7 +11,9 @@ names, one per line). This module:
   examples added only while the tokenized source fits ``max_source_length``, then truncation),
   character for character, quirks included (see :func:`build_source`);
 - tokenizes the examples into a map-style :class:`SNIDataset` (so Composer's DistributedSampler
-  shards, shuffles and resumes it mid-epoch exactly) and pads batches with :class:`SNICollator`.
+  shards, shuffles and resumes it mid-epoch exactly) and pads batches with :class:`SNICollator`;
+- optionally puts a UL2 mode token (``[S2S]``, ...) first in every source, within the length
+  budget: the source text is built and truncated for one token less.
 
 A task file that is missing, not valid JSON or lacks a required key is reported by name in
 :attr:`SNISplit.problems` and skipped; the other tasks still load.
@@ -29,6 +31,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
+
+from t5composer.tokenization import add_mode_tokens
 
 __all__ = [
     'SNICollator',
@@ -315,6 +319,7 @@ def load_sni_split(
     max_source_length: int = 1024,
     max_target_length: int = 128,
     num_pos_examples: int = 2,
+    mode_token: Optional[str] = None,
 ) -> SNISplit:
     """Load the train or test tasks of a split as Tk-Instruct samples and formats them.
 
@@ -335,6 +340,9 @@ def load_sni_split(
         max_target_length: target token budget; kept for the record (targets are truncated when
             tokenized, see :class:`SNIDataset`).
         num_pos_examples: positive examples per source.
+        mode_token: a mode token :class:`SNIDataset` will put first in each source (e.g.
+            ``[S2S]``); the sources are then built for ``max_source_length - 1`` tokens. None:
+            Tk-Instruct's sources exactly.
 
     Returns:
         The :class:`SNISplit`.
@@ -344,6 +352,7 @@ def load_sni_split(
         SNIDataError: no task of the list could be loaded.
     """
     del max_target_length  # truncation happens at tokenization (SNIDataset), as in Tk-Instruct
+    text_length = max_source_length - (1 if mode_token is not None else 0)  # the mode token counts within the budget
     base = Path(os.path.expanduser(str(root)))
     names = read_split_list(root=base, split_name=split_name, subset=subset)
     list_file = f'splits/{split_name}/{subset}_tasks.txt'
@@ -382,7 +391,7 @@ def load_sni_split(
             positive_examples=task['Positive Examples'],
             task_inputs=[x for _, x, _ in instances],
             tokenizer=tokenizer,
-            max_source_length=max_source_length,
+            max_source_length=text_length,
             num_pos_examples=num_pos_examples,
         )
         categories = task.get('Categories') or []
@@ -424,16 +433,25 @@ class _Ragged:
 class SNIDataset(torch.utils.data.Dataset):
     """Tokenized SNI examples, map-style (index -> dict).
 
-    Each item: ``input_ids`` (source + EOS, at most ``max_source_length`` ids, EOS kept last),
-    ``labels`` (target + EOS, at most ``max_target_length``, EOS kept last), and the metadata
-    ``task``, ``id``, ``references``, ``source``, ``categories``. Sources and targets are
-    tokenized once here, with one batch call each (Tk-Instruct's truncation=True tokenization).
+    Each item: ``input_ids`` (source + EOS, at most ``max_source_length`` ids, EOS kept last;
+    with a mode token, its id first and the source truncated one id earlier), ``labels`` (target
+    + EOS, at most ``max_target_length``, EOS kept last), and the metadata ``task``, ``id``,
+    ``references``, ``source`` (the text, without the mode token), ``categories``. Sources and
+    targets are tokenized once here, with one batch call each (Tk-Instruct's truncation=True
+    tokenization).
 
     Args:
-        examples: the examples (e.g. ``load_sni_split(...).examples``).
-        tokenizer: a transformers tokenizer.
-        max_source_length: longest input.
+        examples: the examples (e.g. ``load_sni_split(...).examples``, built with the same
+            ``mode_token``).
+        tokenizer: a transformers tokenizer; a mode token it lacks is added to it
+            (:func:`~t5composer.tokenization.add_mode_tokens`, which also adds UL2's three first).
+        max_source_length: longest input, the mode token included.
         max_target_length: longest label sequence.
+        mode_token: the token put first in every input (UL2 prompts generation with ``[S2S]``);
+            None: none (Tk-Instruct's inputs exactly).
+
+    Attributes:
+        mode_token_id: the mode token's id, or None.
     """
 
     def __init__(
@@ -443,11 +461,20 @@ class SNIDataset(torch.utils.data.Dataset):
         tokenizer: Any,
         max_source_length: int = 1024,
         max_target_length: int = 128,
+        mode_token: Optional[str] = None,
     ) -> None:
         self.examples = list(examples)
         self.max_source_length = max_source_length
         self.max_target_length = max_target_length
-        self._inputs = _Ragged(self._encode(tokenizer, [e.source for e in self.examples], max_source_length))
+        self.mode_token_id: Optional[int] = None
+        prefix: list[int] = []
+        if mode_token is not None:
+            if max_source_length < 2:
+                raise ValueError(f'max_source_length must be at least 2 with a mode token (the token and EOS), got {max_source_length}.')
+            self.mode_token_id = add_mode_tokens(tokenizer, [mode_token])[mode_token]
+            prefix = [self.mode_token_id]
+        sources = self._encode(tokenizer, [e.source for e in self.examples], max_source_length - len(prefix))
+        self._inputs = _Ragged([prefix + ids for ids in sources] if prefix else sources)
         self._labels = _Ragged(self._encode(tokenizer, [e.target for e in self.examples], max_target_length))
 
     @staticmethod
