@@ -2,8 +2,8 @@
 
 A mixture batch is ``{'groups': [group, ...], 'denoisers': [index, ...]}``: one group per
 denoiser present in the batch, in the objective's order. A group is what the model's forward
-takes (``input_ids``, ``labels``, ``decoder_input_ids``, and ``attention_mask`` when it has
-padding), with the denoiser's fixed shape ``[n, E]`` / ``[n, D]`` (:meth:`Denoiser.output_lengths`):
+takes (``input_ids``, ``labels``, ``decoder_input_ids``, and ``attention_mask`` when it can have
+padding: a prefix denoiser whose split varies), with the denoiser's fixed shape ``[n, E]`` / ``[n, D]`` (:meth:`Denoiser.output_lengths`):
 only the row count ``n`` changes between batches, so a compiled model sees one sequence shape
 per denoiser, and no row is padded to another denoiser's lengths.
 
@@ -94,7 +94,10 @@ def _prefix_group(tokens: np.ndarray, keys: np.ndarray, denoiser: Denoiser, *, m
     labels = np.take_along_axis(tokens, np.minimum(s[:, None] + j, length - 1), axis=1)
     labels = np.where(j < t[:, None], labels, IGNORE_INDEX)
     labels[rows, t] = eos_id
-    return {'input_ids': inputs, 'labels': labels, 'attention_mask': attention_mask}
+    out = {'input_ids': inputs, 'labels': labels}
+    if t_hi > t_lo:  # a fixed split pads nothing: no mask, so attention needs none either
+        out['attention_mask'] = attention_mask
+    return out
 
 
 class MixtureCollator:
@@ -103,7 +106,7 @@ class MixtureCollator:
     Span denoisers give exactly what ``SpanCorruptionCollator(noise_density=corruption_rate,
     mean_noise_span_length=mean_span_length)`` gives for the row's keys, after the mode token.
     Prefix denoisers give ``[mode] + row[:s] + EOS`` as inputs (padded with ``pad_id``, hence an
-    ``attention_mask``) and ``row[s:] + EOS`` as labels (padded with -100). ``decoder_input_ids`` are
+    ``attention_mask`` unless the split is fixed) and ``row[s:] + EOS`` as labels (padded with -100). ``decoder_input_ids`` are
     the labels shifted right after ``decoder_start_id``, ``pad_id`` wherever the labels are -100.
 
     Args:
@@ -158,7 +161,7 @@ class MixtureCollator:
 
         Returns:
             int64 arrays ``input_ids``, ``labels``, ``decoder_input_ids`` (and ``attention_mask``
-            for a prefix denoiser).
+            for a prefix denoiser whose split varies, the only groups with padding).
         """
         d, mode_id = self.objective.denoisers[index], self.mode_ids[index]
         if d.kind == 'span':
