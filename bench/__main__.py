@@ -23,7 +23,7 @@ from types import ModuleType
 
 import torch
 
-from bench import collator, converter, dataloader, generation, model, optimizer, scaling
+from bench import collator, converter, dataloader, generation, model, objectives, optimizer, scaling
 from bench.measure import format_table
 
 # name -> case module (HELP, COLUMNS, add_args(parser), run(args) -> rows); one line per case.
@@ -31,6 +31,7 @@ CASES: dict[str, ModuleType] = {
     'generation': generation,
     'collator': collator,
     'dataloader': dataloader,
+    'objectives': objectives,
     'converter': converter,
     'model': model,
     'optimizer': optimizer,

@@ -33,7 +33,7 @@ def test_help_lists_the_cases(cli, capsys):
     with pytest.raises(SystemExit):
         cli.main(['--help'])
     text = capsys.readouterr().out
-    for name in ('generation', 'collator', 'dataloader', 'converter', 'model', 'optimizer', 'scaling'):
+    for name in ('generation', 'collator', 'dataloader', 'objectives', 'converter', 'model', 'optimizer', 'scaling'):
         assert name in text
 
 
@@ -53,6 +53,26 @@ def test_dataloader_case(cli, tmp_path):
     assert row['num_workers'] == 0 and row['samples_per_s'] > 0 and row['batch'] == 8
     assert row['dtypes'] == {'input_ids': 'int64', 'labels': 'int64', 'decoder_input_ids': 'int64'}
     assert {'pin_memory', 'persistent_workers', 'prefetch_factor', 'peak_mib'} <= set(row)
+
+
+def test_objectives_case(cli, tmp_path):
+    rows = run_case(cli, tmp_path, '--only', 'objectives', '--objectives-batch', '16', '--objectives-batches', '2',
+                    '--objectives-pad-batches', '4', '--objectives-workers', '0', '--objectives-loader-batches', '2')
+    assert [(r['preset'], r['collator'], r['training_collator']) for r in rows] == [
+        ('span_corruption', 'SpanCorruptionCollator', True), ('span_corruption', 'MixtureCollator', False),
+        ('ul2', 'MixtureCollator', True)]
+    for row in rows:
+        assert row['samples_per_s'] > 0 and row['raw_length'] == 568 and row['batch'] == 16
+        assert (row['loader_samples_per_s'] is not None) == row['training_collator']
+    for row in rows[:2]:  # plain span corruption: one shape, no padding
+        assert row['shapes'] == [[512, 114]] and row['encoder_padding'] == row['decoder_padding'] == 0
+        assert row['expected_encoder_padding'] == row['expected_decoder_padding'] == 0
+    ul2 = rows[2]
+    assert ul2['num_shapes'] == len(ul2['shapes']) <= 7 and [485, 200] in ul2['shapes']  # 64 rows: S is there
+    assert 0 < ul2['encoder_padding'] < 0.1 and 0 < ul2['decoder_padding'] < 0.2
+    assert 0.02 < ul2['expected_encoder_padding'] < 0.03 and 0.05 < ul2['expected_decoder_padding'] < 0.07
+    with pytest.raises(ValueError, match="unknown objective preset 'ul3'"):
+        run_case(cli, tmp_path, '--only', 'objectives', '--objectives-presets', 'ul3')
 
 
 @pytest.mark.slow  # ~7 s: the conversion runs in a fresh interpreter, as the command does

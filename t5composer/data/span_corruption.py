@@ -18,14 +18,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from t5composer.data.span_spec import SpanCorruptionSpec, check_noise, noise_span_counts, random_spans_helper
+from t5composer.data.span_spec import (
+    SpanCorruptionSpec,
+    check_noise,
+    noise_span_counts,
+    random_spans_helper,
+    span_count_problems,
+)
 
 __all__ = [
     'SpanCorruptionSpec',
     'random_spans_helper',
     'noise_span_counts',
     'row_keys',
+    'row_uniforms',
+    'FIRST_FREE_STREAM',
     'batch_random_spans_noise_mask',
+    'stack_rows',
     'SpanCorruptionCollator',
 ]
 
@@ -37,6 +46,9 @@ _MASK64 = (1 << 64) - 1
 # Counter offsets that keep the two random streams of a row (noise cuts, non-noise cuts) apart.
 _NOISE_STREAM = 1
 _NONNOISE_STREAM = 1 + (1 << 32)
+# Counters from here on are used by no span mask (each mask stream takes at most 2**32 counters):
+# other per-row draws (row_uniforms) take theirs from here, so they are independent of the mask.
+FIRST_FREE_STREAM = 1 << 33
 # A fixed tweak so that seed 0 does not hash the all-zero state.
 _SEED_TWEAK = 0x5D2C7E3A91B04F68
 
@@ -46,17 +58,10 @@ _SEED_TWEAK = 0x5D2C7E3A91B04F68
 # --------------------------------------------------------------------------------------------
 def _checked_counts(length: int, noise_density: float, mean_noise_span_length: float) -> tuple[int, int]:
     """``noise_span_counts`` plus the checks that make fixed-shape outputs possible."""
-    if length < 2:
-        raise ValueError(f'rows must have at least 2 tokens to hold one noise span, got length {length}')
-    num_noise, num_spans = noise_span_counts(length, noise_density, mean_noise_span_length)
-    if num_spans > length - num_noise:
-        # T5 would silently merge spans here (zero-length gaps), giving rows different shapes.
-        raise ValueError(
-            f'length {length} with noise_density={noise_density} and mean_noise_span_length='
-            f'{mean_noise_span_length} gives {num_spans} noise spans but only {length - num_noise} '
-            'non-noise tokens to separate them; lower noise_density or raise mean_noise_span_length',
-        )
-    return num_noise, num_spans
+    problems = span_count_problems(length, noise_density, mean_noise_span_length)
+    if problems:
+        raise ValueError(' '.join(problems))
+    return noise_span_counts(length, noise_density, mean_noise_span_length)
 
 
 # --------------------------------------------------------------------------------------------
@@ -112,6 +117,27 @@ def _hash_stream(keys: np.ndarray, stream: int, n: int) -> np.ndarray:
     """``[B, n]`` pseudo-random uint64: splitmix64 outputs ``stream .. stream+n-1`` of each key."""
     counters = (np.arange(stream, stream + n, dtype=np.uint64) * _GOLDEN)[None, :]
     return _fmix64(keys[:, None] + counters)
+
+
+def row_uniforms(keys: np.ndarray, stream: int) -> np.ndarray:
+    """One uniform draw in ``[0, 1)`` per row: output ``stream`` of each row's splitmix64 sequence.
+
+    For per-row choices beside the span mask (which denoiser a row gets, where a prefix ends);
+    a pure function of the key and ``stream``, like the mask.
+
+    Args:
+        keys: uint64 ``[B]`` row keys (see :func:`row_keys`).
+        stream: counter, ``>= FIRST_FREE_STREAM`` so the draw is independent of the row's span mask;
+            different streams give independent draws.
+
+    Returns:
+        float64 ``[B]`` with 53 random bits each.
+    """
+    if not FIRST_FREE_STREAM <= int(stream) < 1 << 48:
+        raise ValueError(f'stream must be in [FIRST_FREE_STREAM, 2**48), got {stream}; lower counters belong to the span masks')
+    keys = np.asarray(keys, dtype=np.uint64).reshape(-1)
+    h = _hash_stream(keys, int(stream), 1)[:, 0]
+    return (h >> np.uint64(11)).astype(np.float64) * (2.0**-53)
 
 
 def _random_sorted_subset(keys: np.ndarray, stream: int, n: int, k: int) -> np.ndarray:
@@ -252,8 +278,12 @@ def batch_random_spans_noise_mask(
 # --------------------------------------------------------------------------------------------
 # Collator
 # --------------------------------------------------------------------------------------------
-def _stack_rows(samples: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, list[int], list[int]]:
-    """Stack ``samples[i]['tokens']`` into int64 ``[B, L]``; also return epochs and sample indices."""
+def stack_rows(samples: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, list[int], list[int]]:
+    """Stack ``samples[i]['tokens']`` into int64 ``[B, L]``; also return epochs and sample indices.
+
+    Args:
+        samples: ``{'tokens', 'sample_idx', 'epoch'}`` mappings with equal-length 1-D integer rows.
+    """
     rows, epochs, indices = [], [], []
     for i, sample in enumerate(samples):
         try:
@@ -411,7 +441,7 @@ class SpanCorruptionCollator:
         """
         if len(samples) == 0:
             raise ValueError('cannot collate an empty batch')
-        tokens, epochs, indices = _stack_rows(samples)
+        tokens, epochs, indices = stack_rows(samples)
         keys = row_keys(self.seed, epochs, indices)
         out = self.corrupt(tokens, keys)
         return {name: torch.from_numpy(arr) for name, arr in out.items()}

@@ -28,6 +28,7 @@ __all__ = [
     'noise_problems',
     'noise_span_counts',
     'random_spans_helper',
+    'span_count_problems',
 ]
 
 CONVERT_SCRIPT = 'recipes/convert_c4.py'
@@ -38,7 +39,8 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def noise_problems(noise_density: Any, mean_noise_span_length: Any, *, key: str = '{}') -> list[str]:
+def noise_problems(noise_density: Any, mean_noise_span_length: Any, *, key: str = '{}',
+                   names: tuple[str, str] = ('noise_density', 'mean_noise_span_length')) -> list[str]:
     """Why ``noise_density`` / ``mean_noise_span_length`` cannot be used (empty when they can).
 
     The one home of their ranges: density in (0, 1), mean span a finite number >= 1.
@@ -48,9 +50,15 @@ def noise_problems(noise_density: Any, mean_noise_span_length: Any, *, key: str 
         mean_noise_span_length: average noise span length.
         key: how the messages name a setting: a format with one ``{}`` for the field name,
             e.g. ``"'data.{}'"`` (config keys) or ``'--{}'`` (the converter's flags).
+        names: the two settings' field names in the messages (a denoiser of
+            :mod:`t5composer.data.objectives` calls them ``corruption_rate`` and ``mean_span_length``).
     """
     p: list[str] = []
-    name = key.format
+    fields = dict(zip(('noise_density', 'mean_noise_span_length'), names))
+
+    def name(field: str) -> str:
+        return key.format(fields[field])
+
     if not _is_number(noise_density):
         p.append(f'{name("noise_density")} must be a number, got {noise_density!r}; T5 uses {SpanCorruptionSpec.noise_density:g}.')
     elif not 0.0 < noise_density < 1.0:
@@ -119,6 +127,29 @@ def random_spans_helper(
         tokens_length -= 1
         targets_length -= 1
     return tokens_length, targets_length
+
+
+def span_count_problems(length: int, noise_density: float, mean_noise_span_length: float) -> list[str]:
+    """Why rows of ``length`` tokens cannot be span-corrupted into fixed shapes (empty when they can).
+
+    The settings themselves must already be valid (:func:`noise_problems`).
+
+    Args:
+        length: raw row length.
+        noise_density: fraction of tokens that are noise.
+        mean_noise_span_length: average noise span length.
+    """
+    if length < 2:
+        return [f'rows must have at least 2 tokens to hold one noise span, got length {length}']
+    num_noise, num_spans = noise_span_counts(length, noise_density, mean_noise_span_length)
+    if num_spans > length - num_noise:
+        # T5 would silently merge spans here (zero-length gaps), giving rows different shapes.
+        return [
+            f'length {length} with noise_density={noise_density} and mean_noise_span_length='
+            f'{mean_noise_span_length} gives {num_spans} noise spans but only {length - num_noise} '
+            'non-noise tokens to separate them; lower noise_density or raise mean_noise_span_length',
+        ]
+    return []
 
 
 def noise_span_counts(length: int, noise_density: float, mean_noise_span_length: float) -> tuple[int, int]:
