@@ -30,6 +30,7 @@ import torch
 
 from bench.collator import EOS_ID, SENTINEL_IDS, make_samples
 from bench.measure import measure
+from t5composer.data.denoising import batch_groups
 
 HELP = 'objectives (span_corruption, ul2): collator samples/s, padded fractions, shapes, DataLoader samples/s'
 
@@ -81,10 +82,6 @@ def _collators(preset: str) -> list[tuple[str, Callable, bool]]:
     return [('SpanCorruptionCollator', plain, True), ('MixtureCollator', mixture, False)]
 
 
-def _groups(batch: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
-    return batch['groups'] if 'groups' in batch else [batch]
-
-
 def padding_and_shapes(collate: Callable, *, batch: int, length: int, batches: int) -> dict[str, Any]:
     """Padded fractions of encoder and decoder tokens, and the distinct shapes, over ``batches`` batches.
 
@@ -100,7 +97,7 @@ def padding_and_shapes(collate: Callable, *, batch: int, length: int, batches: i
     shapes: set[tuple[int, int]] = set()
     for b in range(batches):
         samples = [dict(s, sample_idx=b * batch + i) for i, s in enumerate(base)]
-        for g in _groups(collate(samples)):
+        for g in batch_groups(collate(samples)):
             shapes.add((g['input_ids'].shape[1], g['labels'].shape[1]))
             size['encoder'] += g['input_ids'].numel()
             size['decoder'] += g['labels'].numel()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from composer.core import Callback, Event
+from composer.loggers import InMemoryLogger
 
 from t5composer.config import ConfigError, config_from_dict
 from t5composer.data.objectives import Objective
@@ -33,11 +34,13 @@ class _Batches(Callback):
     def __init__(self) -> None:
         self.microbatches: list[dict] = []
         self.losses: list[float] = []
+        self.tokens: list[int] = []
 
     def run_event(self, event: Event, state, logger) -> None:
         if event == Event.AFTER_LOSS:
             self.microbatches.append({k: tuple(v.shape) for k, v in state.batch.items() if torch.is_tensor(v)})
             self.losses.append(float(state.loss))
+            self.tokens.append(int((state.batch['labels'] != -100).sum()))
 
 
 def test_objective_section_is_checked_with_the_rest():
@@ -80,15 +83,21 @@ def test_ul2_batches_are_per_denoiser_and_token_weighted(tmp_path):
     the batch's target tokens whatever the microbatch size (Composer weighs microbatches by tokens)."""
     seen = {}
     for micro in (8, 2):
-        batches = _Batches()
+        batches, logged = _Batches(), InMemoryLogger()
         cfg = ul2(max_duration='1ba', global_train_batch_size=8, device_train_microbatch_size=micro,
-                  save_folder=str(tmp_path / f'm{micro}'), eval_interval='1ba')
+                  save_folder=str(tmp_path / f'm{micro}'), eval_interval='1ba', scheduler={'name': 'constant'})
         cfg['data']['eval_split'] = None
-        trainer = build_trainer(config_from_dict(cfg), extra_callbacks=(batches,))
+        trainer = build_trainer(config_from_dict(cfg), extra_callbacks=(batches,), extra_loggers=(logged,))
         trainer.fit()
-        seen[micro] = (batches, _snapshot(trainer)[0])
+        seen[micro] = (batches, _snapshot(trainer)[0], float(logged.data['loss/train/total'][-1][1]))
         trainer.close()
     whole, pieces = seen[8][0], seen[2][0]
+    for batches, _, total in seen.values():
+        # The step's loss is the mean over all target tokens of the batch, not over rows.
+        by_tokens = sum(loss * n for loss, n in zip(batches.losses, batches.tokens)) / sum(batches.tokens)
+        by_rows = sum(loss * mb['labels'][0] for loss, mb in zip(batches.losses, batches.microbatches)) / 8
+        assert total == pytest.approx(by_tokens, rel=1e-5)
+        assert abs(by_rows - by_tokens) > 1e-3  # the two weightings differ for this batch: the check can fail
     objective = Objective.preset('ul2')
     raw = config_from_dict(tiny()).data.span_corruption.expanded_length
     shapes = {(d.output_lengths(raw)) for d in objective.denoisers}

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from t5composer.data.denoising import (
+    ROW_TOKENS,
     MixtureCollator,
     assign_denoisers,
     mixture_num_samples,
@@ -61,7 +62,7 @@ def per_sample(batch: dict, samples: list[dict], objective: Objective, seed: int
     taken = {i: 0 for i in groups}
     out = {}
     for s, d in zip(samples, choice.tolist()):
-        row = {k: v[taken[d]].numpy() for k, v in groups[d].items()}
+        row = {k: v[taken[d]].numpy() for k, v in groups[d].items() if torch.is_tensor(v)}
         taken[d] += 1
         out[(s['epoch'], s['sample_idx'])] = (d, row)
     assert all(taken[i] == groups[i]['input_ids'].shape[0] for i in groups)
@@ -262,8 +263,13 @@ def test_inputs_and_targets_give_back_the_row(denoiser):
     batch = collator(only(denoiser))(samples)
     assert batch['denoisers'] == [0]
     (group,) = batch['groups']
-    arrays = {k: v.numpy() for k, v in group.items()}
-    assert all(v.dtype == torch.int64 for v in group.values())
+    arrays = {k: v.numpy() for k, v in group.items() if torch.is_tensor(v)}
+    assert all(v.dtype == torch.int64 for v in group.values() if torch.is_tensor(v))
+    # The rows' token counts the collator keeps for Composer's token weighting (no tensor read later).
+    counts = group[ROW_TOKENS]
+    assert counts['loss_generating'] == (arrays['labels'] != -100).sum(axis=1).tolist()
+    assert counts['encoder'] == (arrays['attention_mask'].sum(axis=1).tolist() if 'attention_mask' in arrays
+                                 else [arrays['input_ids'].shape[1]] * len(samples))
     mode_ids = set(MODE_IDS.values())
     for i, sample in enumerate(samples):
         inputs = arrays['input_ids'][i]
@@ -377,7 +383,7 @@ def test_a_single_span_denoiser_without_mode_is_the_span_collator():
     samples = make_samples(32, start=7)
     (group,) = collator(PRESETS['span_corruption'])(samples)['groups']
     reference = SpanCorruptionCollator(sentinel_ids=SENTINELS, eos_id=EOS, seed=SEED)(samples)
-    assert group.keys() == reference.keys()
+    assert group.keys() - {ROW_TOKENS} == reference.keys()
     for k in reference:
         assert torch.equal(group[k], reference[k])
 
@@ -448,8 +454,15 @@ def test_split_and_counts():
         parts = chunks[start:start + -(-n // 10)]
         start += len(parts)
         for k in group:
-            assert torch.equal(torch.cat([p[k] for p in parts]), group[k])
+            if k == ROW_TOKENS:  # the rows' counts are cut with them
+                assert {c: sum((p[k][c] for p in parts), []) for c in group[k]} == group[k]
+            else:
+                assert torch.equal(torch.cat([p[k] for p in parts]), group[k])
     assert start == len(chunks)
+    # The counts of device batches come from the collator's numbers: no tensor is read.
+    blind = [{k: (v if k == ROW_TOKENS else torch.empty(v.shape, device='meta', dtype=v.dtype)) for k, v in c.items()}
+             for c in chunks]
+    assert [mixture_num_tokens(c) for c in blind] == [mixture_num_tokens(c) for c in chunks]
     counts = mixture_num_tokens(batch)
     summed = [mixture_num_tokens(c) for c in chunks]
     assert counts == {'total': sum(s['total'] for s in summed), 'loss_generating': sum(s['loss_generating'] for s in summed)}

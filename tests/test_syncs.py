@@ -156,3 +156,13 @@ def test_the_counter_sees_composers_closure_wait(tmp_path, monkeypatch):
     monkeypatch.setattr(NonBlockingTrainer, '_use_closures', lambda self: True)
     counter = _counted_run(tmp_path, max_duration='4ba', save_interval='100ba')
     assert {(b, who, where) for b, who, where in counter.window_calls} >= {(2, 'composer', 'trainer.py:<lambda> .item')}
+
+
+@pytest.mark.slow
+def test_a_mixture_of_denoisers_adds_no_sync(tmp_path):
+    """UL2's batches (one group per denoiser, token-weighted microbatches): still none of ours, none in the window."""
+    counter = _counted_run(tmp_path, data={**tiny()['data'], 'objective': {'preset': 'ul2'}})
+    for batch in STEADY:
+        ours = {k: n for k, n in counter.calls[batch].items() if k[0] == 'project'}
+        assert not ours, (batch, ours)
+    assert not counter.window_calls, counter.window_calls[:10]

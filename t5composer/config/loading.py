@@ -20,6 +20,7 @@ from t5composer.config.schema import DataConfig, TrainConfig
 from t5composer.config.validation import ConfigError, closest, from_dict
 from t5composer.durations import batches_of, duration_problems, parse_duration
 from t5composer.learning_rate import learning_rate_problem
+from t5composer.tokenization import mode_token_name_problem
 from t5composer.redaction import redact, scrub, secret_values  # noqa: F401  (re-exported: the config's public API)
 
 __all__ = ['SCHEDULE_UNITS', 'cache_dir', 'load_config', 'config_from_dict', 'value_problems', 'redact', 'scrub', 'secret_values']
@@ -246,6 +247,12 @@ def _sni_problems(cfg: TrainConfig) -> list[str]:
             p.append(f"'data.{key}' must be positive, got {getattr(d, key)}.")
     if d.num_pos_examples < 0:
         p.append(f"'data.num_pos_examples' must be >= 0, got {d.num_pos_examples}.")
+    if d.mode_token is not None:
+        bad = mode_token_name_problem(d.mode_token)
+        if bad:
+            p.append(f"'data.mode_token' {bad}.")
+        elif d.max_source_length < 2:
+            p.append(f"'data.max_source_length' must be >= 2 with 'data.mode_token' (the token and EOS), got {d.max_source_length}.")
     if d.num_workers < 0:
         p.append(f"'data.num_workers' must be >= 0, got {d.num_workers}.")
     if cfg.tokenizer.name is None and cfg.model.init != 'checkpoint':

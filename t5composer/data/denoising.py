@@ -27,7 +27,9 @@ from t5composer.data.span_corruption import FIRST_FREE_STREAM, SpanCorruptionCol
 __all__ = [
     'IGNORE_INDEX',
     'MixtureCollator',
+    'ROW_TOKENS',
     'assign_denoisers',
+    'batch_groups',
     'mixture_num_samples',
     'mixture_num_tokens',
     'padding_fractions',
@@ -198,18 +200,47 @@ class MixtureCollator:
             rows = np.flatnonzero(choice == i)
             if rows.size:
                 out = self.group(i, tokens[rows], keys[rows])
-                groups.append({k: torch.from_numpy(v) for k, v in out.items()})
+                group: dict[str, Any] = {k: torch.from_numpy(v) for k, v in out.items()}
+                group[ROW_TOKENS] = _row_tokens(out)
+                groups.append(group)
                 present.append(i)
         return {'groups': groups, 'denoisers': present}
 
 
-def _groups(batch: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """The groups of a mixture batch, or a single group dict as a one-item list."""
+# Key of a group's per-row token counts (lists of Python ints, counted in the collator): Composer
+# asks for a microbatch's tokens after moving it to the device, where counting would wait for it.
+ROW_TOKENS = 'row_tokens'
+
+
+def _row_tokens(out: Mapping[str, np.ndarray]) -> dict[str, list[int]]:
+    """Each row's non-padding encoder tokens and target tokens (the loss's), from the numpy arrays."""
+    mask = out.get('attention_mask')
+    rows, encoder_length = out['input_ids'].shape
+    encoder = mask.sum(axis=1).tolist() if mask is not None else [encoder_length] * rows
+    return {'encoder': encoder, 'loss_generating': (out['labels'] != IGNORE_INDEX).sum(axis=1).tolist()}
+
+
+def batch_groups(batch: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The groups of a mixture batch, or a plain batch (a single group dict) as a one-item list."""
     return list(batch['groups']) if 'groups' in batch else [batch]
+
+
+def _count_tokens(group: Mapping[str, Any]) -> dict[str, int]:
+    rows = group.get(ROW_TOKENS)
+    if rows is not None:  # the collator's counts: no tensor is read
+        encoder, targets = sum(rows['encoder']), sum(rows['loss_generating'])
+    else:
+        mask = group.get('attention_mask')
+        encoder = int(mask.sum()) if mask is not None else int(group['input_ids'].numel())
+        targets = int((group['labels'] != IGNORE_INDEX).sum())
+    return {'total': encoder + targets, 'loss_generating': targets}
 
 
 def split_mixture_batch(batch: Mapping[str, Any], microbatch_size: int) -> list[dict[str, Any]]:
     """Cut each group into chunks of at most ``microbatch_size`` rows (a group dict is one group).
+
+    Each chunk keeps its rows' token counts (``ROW_TOKENS``, Python ints from the collator), so
+    that :func:`mixture_num_tokens` never reads a tensor on the device.
 
     Args:
         batch: a mixture batch ``{'groups': [...]}`` (or one group dict).
@@ -221,31 +252,36 @@ def split_mixture_batch(batch: Mapping[str, Any], microbatch_size: int) -> list[
     if int(microbatch_size) < 1:
         raise ValueError(f'microbatch_size must be >= 1, got {microbatch_size}')
     chunks = []
-    for group in _groups(batch):
+    size = int(microbatch_size)
+    for group in batch_groups(batch):
         n = group['input_ids'].shape[0]
-        for start in range(0, n, int(microbatch_size)):
-            chunks.append({k: v[start:start + int(microbatch_size)] for k, v in group.items()})
+        for start in range(0, n, size):
+            chunk = {k: v[start:start + size] for k, v in group.items() if torch.is_tensor(v)}
+            if ROW_TOKENS in group:
+                chunk[ROW_TOKENS] = {k: v[start:start + size] for k, v in group[ROW_TOKENS].items()}
+            chunks.append(chunk)
     return chunks
 
 
 def mixture_num_samples(batch: Mapping[str, Any]) -> int:
     """Rows in a mixture batch (all groups) or in a single group dict."""
-    return sum(int(g['input_ids'].shape[0]) for g in _groups(batch))
+    return sum(int(g['input_ids'].shape[0]) for g in batch_groups(batch))
 
 
 def mixture_num_tokens(batch: Mapping[str, Any]) -> dict[str, int]:
     """Token counts of a mixture batch or a single group dict, in Composer's form.
 
+    Groups from :class:`MixtureCollator` (and their chunks) bring their rows' counts; anything
+    else is counted from its tensors.
+
     Returns:
         ``{'total': non-padding encoder + decoder tokens, 'loss_generating': labels != -100}``.
     """
     total = loss = 0
-    for g in _groups(batch):
-        mask = g.get('attention_mask')
-        encoder = int(mask.sum()) if mask is not None else int(g['input_ids'].numel())
-        targets = int((g['labels'] != IGNORE_INDEX).sum())
-        total += encoder + targets
-        loss += targets
+    for g in batch_groups(batch):
+        counts = _count_tokens(g)
+        total += counts['total']
+        loss += counts['loss_generating']
     return {'total': total, 'loss_generating': loss}
 
 
