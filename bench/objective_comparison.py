@@ -10,7 +10,8 @@ generation with), and read the fine-tuned RougeL per task from the final generat
     python -m bench.objective_comparison --seeds 1 2 --out runs/objective_comparison
 
 Writes ``results.json`` and ``results.md`` (RougeL per task and overall, mean and spread over the
-seeds) under ``--out``; each run's own folder there holds its logs and ``metrics.jsonl``. Every
+seeds) under ``--out``; each run's own folder there holds its log, ``metrics.jsonl`` and (fine-tuning) its
+predictions and their scores. Every
 run is ``recipes/train.py`` as a user runs it, with command-line overrides only.
 """
 
@@ -76,20 +77,13 @@ def _pretrain_config(folder: Path) -> Any:
     return config
 
 
-def _final_scores(metrics: Path, metric: str) -> dict[str, float]:
-    """The last generation eval's overall and per-task scores of ``metric`` from a metrics.jsonl."""
-    from t5composer.plotting import read_metrics
-
-    series = read_metrics(str(metrics))
-    overall_key = f'metrics/eval/{metric}'
-    prefix = f'metrics/eval/{metric}/task/'
-    scores = {}
-    for key, values in series.items():
-        if key == overall_key or key.startswith(prefix):
-            scores['overall' if key == overall_key else key[len(prefix):]] = values[max(values)]
-    if 'overall' not in scores:
-        raise SystemExit(f'no {overall_key} in {metrics}: did the fine-tuning run evaluate?')
-    return scores
+def _final_scores(folder: Path, metric: str) -> dict[str, float]:
+    """The last generation eval's overall and per-task ``metric`` of a fine-tuning run (its predictions' scores file)."""
+    files = sorted((folder / 'predictions').glob('*-ba*-scores.json'), key=lambda p: int(p.stem.rsplit('-ba', 1)[1].split('-')[0]))
+    if not files:
+        raise SystemExit(f'no predictions/*-scores.json in {folder}: did the fine-tuning run evaluate?')
+    scores = json.loads(files[-1].read_text())
+    return {'overall': scores[metric], **scores[f'{metric}_per_task']}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -116,13 +110,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             common = [f'seed={seed}', 'autoresume=false', 'save_overwrite=true', 'progress_bar=false']
             _train([str(REPO / 'yamls' / 'demo.yaml'), f'run_name=pt_{arm}_s{seed}', f'save_folder={pt}',
                     f'max_duration={steps[arm]}ba', f'save_interval={steps[arm]}ba', 'data.eval_split=null',
+                    f'scheduler.t_warmup={max(1, steps[arm] // 10)}ba',  # the demo's 40 of 400
                     *common, *ARMS[arm]['pretrain']], pt / 'train.log')
             ft = out / f'ft_{arm}_s{seed}'
             _train([str(REPO / 'yamls' / 'demo_ft.yaml'), f'run_name=ft_{arm}_s{seed}', f'save_folder={ft}',
                     f'load_path={pt / "latest-rank0.pt"}', f'max_duration={args.finetune_steps}ba',
                     f'save_interval={args.finetune_steps}ba', f'eval_interval={args.finetune_steps}ba', 'eval_first=false',
                     '~callbacks.hf_export', *common, *ARMS[arm]['finetune']], ft / 'train.log')
-            results['scores'].setdefault(arm, {})[seed] = _final_scores(ft / 'metrics.jsonl', 'RougeL')
+            results['scores'].setdefault(arm, {})[seed] = _final_scores(ft, 'RougeL')
         results['pretrain_steps'][seed] = steps
     return results
 

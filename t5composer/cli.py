@@ -163,7 +163,7 @@ def _train(cfg: TrainConfig, secrets: Sequence[str], extra_callbacks: tuple) -> 
                 flush=True,
             )
             return 0
-        if cfg.eval_first and int(state.timestamp.batch) == 0:
+        if cfg.eval_first and int(state.timestamp.batch) == 0 and state.evaluators:  # none with data.eval_split: null
             trainer.eval()
         trainer.fit()
     finally:

@@ -149,3 +149,33 @@ def test_scaling_plan_rejects_an_unknown_sweep(cli, capsys):
         scaling.plan(args)
     args = cli.build_parser().parse_args(['--device', 'cpu', '--scaling-sweeps', 'batch'])
     assert [p['batch'] for _, p in scaling.plan(args)] == [1, 2, 4, 8]
+
+
+def test_objective_comparison_pieces(tmp_path):
+    """The equal-FLOPs rule, the scores it reads from a fine-tuning run and the table it prints."""
+    from bench import objective_comparison as cmp
+    from t5composer.data.objectives import Objective
+    from t5composer.models import load_model_config, t5_flops_per_batch
+
+    config = load_model_config('google/t5-v1_1-small')
+    span = Objective.preset('span_corruption')
+    assert cmp.expected_flops_per_row(span, 568, config) == t5_flops_per_batch(config, batch_size=1, encoder_length=512,
+                                                                               decoder_length=114)
+    ul2 = Objective.preset('ul2')
+    by_hand = sum(w * t5_flops_per_batch(config, batch_size=1, encoder_length=e, decoder_length=d)
+                  for w, (e, d) in zip(ul2.weights, ul2.output_lengths(568)))
+    assert cmp.expected_flops_per_row(ul2, 568, config) == pytest.approx(by_hand)
+
+    for step, score in ((50, 10.0), (300, 30.0)):  # the last eval counts, not the last file name in sort order
+        folder = tmp_path / 'ft' / 'predictions'
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f'sni-ba{step}-scores.json').write_text(json.dumps({'RougeL': score, 'RougeL_per_task': {'t1': score + 1}}))
+    assert cmp._final_scores(tmp_path / 'ft', 'RougeL') == {'overall': 30.0, 't1': 31.0}
+
+    results = {'seeds': [1, 2], 'pretrain_steps': {1: {'span_corruption': 400, 'ul2': 370}},
+               'scores': {'span_corruption': {1: {'overall': 20.0, 't1': 10.0}, 2: {'overall': 30.0, 't1': 14.0}},
+                          'ul2': {1: {'overall': 25.0, 't1': 12.0}, 2: {'overall': 27.0, 't1': 12.0}}}}
+    table = cmp.markdown(results)
+    assert '| t1 | 12.0 (10.0-14.0) | 12.0 (12.0-12.0) |' in table
+    assert '| overall | 25.0 (20.0-30.0) | 26.0 (25.0-27.0) |' in table
+    assert 'ul2 370 batches' in table

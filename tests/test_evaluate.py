@@ -97,3 +97,12 @@ def test_evaluate_refuses_a_corrupt_checkpoint(runs, tmp_path):
     assert out.returncode == 2 and 'Traceback' not in out.stderr
     assert f"load_path '{bad}' cannot be loaded: it is corrupt (checksum mismatch" in out.stderr
     assert f'The newest intact checkpoint beside it is {good}: use it with load_path={good}.' in out.stderr
+
+
+def test_eval_first_without_an_eval_split_trains(tmp_path, monkeypatch):
+    """eval_first with data.eval_split: null has nothing to evaluate first: the run trains (it used to stop in Composer)."""
+    monkeypatch.chdir(REPO)
+    folder = tmp_path / 'run'
+    args = [a for a in PRETRAIN if not a.startswith(('eval_first', 'eval_interval', 'eval_subset'))]
+    assert train_main([*args, 'eval_first=true', 'data.eval_split=null', f'save_folder={folder}', 'save_interval=4ba']) == 0
+    assert (folder / 'latest-rank0.pt').exists()

@@ -17,7 +17,7 @@ from t5composer.data.objectives import Objective
 from t5composer.run.build import build_trainer
 from t5composer.run.plan import plan_run
 from t5composer.tokenization import MODE_TOKENS
-from test_training import _assert_same_optimizer_state, _snapshot, tiny
+from test_training import REPO, _assert_same_optimizer_state, _snapshot, tiny
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -132,3 +132,23 @@ def test_ul2_resume_equals_uninterrupted(tmp_path):
     for name in full_model:
         assert torch.equal(full_model[name], part_model[name]), name
     _assert_same_optimizer_state(full_optim, part_optim)
+
+
+def test_ul2_recipe_has_pt_base_flops():
+    """yamls/pt_base_ul2.yaml trains as many FLOPs as pt_base: its steps are pt_base's times the cost ratio of a row."""
+    from bench.objective_comparison import expected_flops_per_row
+    from t5composer.config import load_config
+    from t5composer.models import load_model_config
+
+    base, ul2_recipe = (load_config(str(REPO / 'yamls' / f'{name}.yaml')) for name in ('pt_base', 'pt_base_ul2'))
+    assert ul2_recipe.data.pretraining_objective == Objective.preset('ul2')
+    assert base.data.pretraining_objective.is_span_corruption
+    config = load_model_config(ul2_recipe.model.name, **ul2_recipe.model.config_overrides())
+    raw = ul2_recipe.data.span_corruption.expanded_length
+    ratio = (expected_flops_per_row(base.data.pretraining_objective, raw, config)
+             / expected_flops_per_row(ul2_recipe.data.pretraining_objective, raw, config))
+    steps = lambda cfg: int(str(cfg.max_duration).removesuffix('ba'))  # noqa: E731
+    assert steps(ul2_recipe) == round(steps(base) * ratio)
+    # Everything else is pt_base's.
+    for key in ('global_train_batch_size', 'precision', 'compile', 'seed', 'optimizer', 'scheduler'):
+        assert getattr(ul2_recipe, key) == getattr(base, key), key
