@@ -200,6 +200,21 @@ def test_a_bad_weight_decay_is_named_once(tmp_path, monkeypatch, capsys):
     assert "'optimizer.weight_decay' must be >= 0, got -1.0; 0.0 turns weight decay off." in message
 
 
+def test_a_bad_lr_and_warmup_are_named_once(tmp_path, monkeypatch, capsys):
+    # The value checks name both; the schedule's trial build (base_lr, t_warmup) would only repeat them.
+    from t5composer.cli import train_main
+
+    monkeypatch.chdir(tmp_path)
+    assert train_main([str(REPO / 'yamls' / 'demo.yaml'), 'optimizer.lr=-1', 'scheduler.t_warmup=abc']) == 2
+    message = capsys.readouterr().err
+    assert message.startswith('error: Invalid config (2 problem(s)):\n'), message
+    assert "'optimizer.lr' must be >= 0, got -1.0" in message and "'scheduler.t_warmup' must be a duration" in message
+    assert 'refuses its settings' not in message
+    # A misspelt schedule option is still found in the same pass.
+    assert train_main([str(REPO / 'yamls' / 'demo.yaml'), 'optimizer.lr=-1', 'scheduler.final_lrr=0.1']) == 2
+    assert "Did you mean 'final_lr'?" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize('micro, expected', [(3, 'must divide the per-device batch 8'), ('auto', "'auto' needs a GPU")])
 def test_preflight_microbatch(micro, expected, monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)

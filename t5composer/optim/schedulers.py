@@ -361,7 +361,7 @@ def build_scheduler(name: str, *, base_lr: float, **kwargs: Any) -> ComposerSche
 
 
 
-def scheduler_problems(name: str, *, base_lr: float, kwargs: dict[str, Any]) -> list[str]:
+def scheduler_problems(name: str, *, base_lr: float, kwargs: dict[str, Any], build: bool = True) -> list[str]:
     """Problems with a config's ``scheduler:`` section, as messages that name the YAML keys.
 
     The scheduler is built once (its constructor checks durations and lrs), so a wrong value is
@@ -371,13 +371,16 @@ def scheduler_problems(name: str, *, base_lr: float, kwargs: dict[str, Any]) -> 
         name: ``scheduler.name``.
         base_lr: ``optimizer.lr``.
         kwargs: the section's other keys.
+        build: also build it; False checks the name and option names only (for a caller whose
+            value checks already named ``optimizer.lr`` or a ``scheduler.*`` value, which the
+            build would only restate).
 
     Returns:
         One message per problem (empty when the scheduler builds).
     """
     problems = SCHEDULERS.name_problems(name)
     problems = problems or SCHEDULERS.option_problems(name, kwargs, also=('name',))
-    if problems:
+    if problems or not build:
         return problems
     try:
         build_scheduler(name, base_lr=base_lr, **kwargs)

@@ -103,7 +103,9 @@ def preflight(cfg: TrainConfig, *, train: bool = True, dry_run_gpus: Optional[in
     # The schedules subclass Composer's scheduler (seconds to import); every command line imports this module.
     from t5composer.optim.schedulers import scheduler_problems
 
-    problems += scheduler_problems(cfg.scheduler.name, base_lr=o.lr, kwargs=cfg.scheduler.kwargs)
+    # Likewise the schedule's trial build, where optimizer.lr or a scheduler value was named already.
+    restated = any(m.startswith(("'optimizer.lr'", "'scheduler.")) for m in value_named)
+    problems += scheduler_problems(cfg.scheduler.name, base_lr=o.lr, kwargs=cfg.scheduler.kwargs, build=not restated)
     for kind in ('algorithms', 'callbacks', 'loggers'):
         problems += component_problems(kind, getattr(cfg, kind))
     if problems:
