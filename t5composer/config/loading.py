@@ -20,7 +20,7 @@ from t5composer.config.schema import DataConfig, TrainConfig
 from t5composer.config.validation import ConfigError, closest, from_dict
 from t5composer.durations import batches_of, duration_problems, parse_duration
 from t5composer.learning_rate import learning_rate_problem
-from t5composer.tokenization import mode_token_name_problem
+from t5composer.tokenization import NUM_SENTINELS, mode_token_name_problem
 from t5composer.redaction import redact, scrub, secret_values  # noqa: F401  (re-exported: the config's public API)
 
 __all__ = ['SCHEDULE_UNITS', 'cache_dir', 'load_config', 'config_from_dict', 'value_problems', 'redact', 'scrub', 'secret_values']
@@ -191,8 +191,8 @@ def _c4_problems(cfg: TrainConfig) -> list[str]:
     d = cfg.data
     spec = d.span_corruption
     p = spec.problems(key="'data.{}'")
-    if not p and spec.noise_spans > 100:
-        p.append(f"'data.input_length' {d.input_length} needs {spec.noise_spans} sentinel tokens but T5 tokenizers have 100; "
+    if not p and spec.noise_spans > NUM_SENTINELS:
+        p.append(f"'data.input_length' {d.input_length} needs {spec.noise_spans} sentinel tokens but T5 tokenizers have {NUM_SENTINELS}; "
                  'lower input_length or raise mean_noise_span_length.')
     if d.objective is not None and not p:
         p += _objective_problems(d)
@@ -228,13 +228,8 @@ def _objective_problems(d: DataConfig) -> list[str]:
                      f"'data.noise_density' / 'data.mean_noise_span_length' are {d.noise_density} / {d.mean_noise_span_length}; "
                      'set those instead (they also say which rows the data has) and remove data.objective.')
         return p
-    raw = d.span_corruption.expanded_length
-    for denoiser in objective.denoisers:
-        needed = denoiser.sentinels_needed(raw)
-        if needed > 100:
-            p.append(f"'data.objective' denoiser {denoiser.name} needs {needed} sentinel tokens on rows of {raw} tokens but T5 "
-                     'tokenizers have 100; raise its mean_span_length or lower its corruption_rate.')
-    return p
+    # Every denoiser must make the data's rows into its fixed shapes with T5's sentinels.
+    return objective.problems(key=key, raw_length=d.span_corruption.expanded_length, num_sentinels=NUM_SENTINELS)
 
 
 def _sni_problems(cfg: TrainConfig) -> list[str]:

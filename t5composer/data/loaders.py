@@ -27,7 +27,7 @@ from t5composer.data.sni_synthetic import prepare_synthetic_sni
 from t5composer.data.span_corruption import SpanCorruptionCollator
 from t5composer.data.streaming import build_span_dataloader
 from t5composer.data.verify import SHARD_HASH
-from t5composer.tokenization import sentinel_ids
+from t5composer.tokenization import NUM_SENTINELS, sentinel_ids
 
 __all__ = ['DataParts', 'pretraining_loaders', 'shared_memory_releases', 'sni_loaders', 'sni_root']
 
@@ -71,7 +71,7 @@ def pretraining_loaders(cfg: TrainConfig, plan: DataPlan, tokenizer: Any, model_
     hashed = check_splits(cfg, plan, rows_tokenizer if rows_tokenizer is not None else tokenizer, raw_length,
                           world_size=dist.get_world_size(), train=train)
     objective = d.pretraining_objective
-    common = dict(sentinel_ids=sentinel_ids(tokenizer, 100), eos_id=tokenizer.eos_token_id,
+    common = dict(sentinel_ids=sentinel_ids(tokenizer, NUM_SENTINELS), eos_id=tokenizer.eos_token_id,
                   decoder_start_id=model_config.decoder_start_token_id, seed=cfg.seed)
     if objective.is_span_corruption:  # T5's objective: today's collator, the same rows and masks
         collator = SpanCorruptionCollator(noise_density=spec.noise_density, mean_noise_span_length=spec.mean_noise_span_length, **common)
