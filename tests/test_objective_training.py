@@ -35,12 +35,14 @@ class _Batches(Callback):
         self.microbatches: list[dict] = []
         self.losses: list[float] = []
         self.tokens: list[int] = []
+        self.denoisers: list[tuple[int, int]] = []
 
     def run_event(self, event: Event, state, logger) -> None:
         if event == Event.AFTER_LOSS:
             self.microbatches.append({k: tuple(v.shape) for k, v in state.batch.items() if torch.is_tensor(v)})
             self.losses.append(float(state.loss))
             self.tokens.append(int((state.batch['labels'] != -100).sum()))
+            self.denoisers.append((int(state.timestamp.batch), state.batch.get('denoiser')))
 
 
 def test_objective_section_is_checked_with_the_rest():
@@ -152,3 +154,32 @@ def test_ul2_recipe_has_pt_base_flops():
     # Everything else is pt_base's.
     for key in ('global_train_batch_size', 'precision', 'compile', 'seed', 'optimizer', 'scheduler'):
         assert getattr(ul2_recipe, key) == getattr(base, key), key
+
+
+@pytest.mark.slow
+def test_each_denoisers_loss_is_logged(tmp_path):
+    """loss/train/denoiser/<i>-<name>: the token mean of that denoiser's microbatch losses over the window."""
+    import json
+
+    batches = _Batches()
+    cfg = ul2(max_duration='4ba', global_train_batch_size=16, save_folder=str(tmp_path / 'run'), scheduler={'name': 'constant'},
+              callbacks={'nanot5_log': {'interval': 2}})
+    cfg['data']['eval_split'] = None
+    trainer = build_trainer(config_from_dict(cfg), extra_callbacks=(batches,))
+    trainer.fit()
+    trainer.close()
+    rows = [json.loads(line) for line in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
+    logged: dict = {}
+    for row in rows:  # a step may have several lines
+        logged.setdefault(row['step'], {}).update({k: v for k, v in row.items() if k.startswith('loss/train/denoiser/')})
+    names = [d.name for d in Objective.preset('ul2').denoisers]
+    for step in (2, 4):
+        window = [(d, loss, n) for (batch, d), loss, n in zip(batches.denoisers, batches.losses, batches.tokens)
+                  if step - 2 <= batch < step]
+        expected = {}
+        for d in {d for d, _, _ in window}:
+            part = [(loss, n) for dd, loss, n in window if dd == d]
+            expected[f'loss/train/denoiser/{d}-{names[d]}'] = sum(loss * n for loss, n in part) / sum(n for _, n in part)
+        assert logged[step].keys() == expected.keys() and len(expected) >= 3, (logged[step], expected)
+        for key, value in expected.items():
+            assert logged[step][key] == pytest.approx(value, rel=1e-5), key

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from t5composer.data.denoising import (
+    DENOISER,
     ROW_TOKENS,
     MixtureCollator,
     assign_denoisers,
@@ -383,7 +384,7 @@ def test_a_single_span_denoiser_without_mode_is_the_span_collator():
     samples = make_samples(32, start=7)
     (group,) = collator(PRESETS['span_corruption'])(samples)['groups']
     reference = SpanCorruptionCollator(sentinel_ids=SENTINELS, eos_id=EOS, seed=SEED)(samples)
-    assert group.keys() - {ROW_TOKENS} == reference.keys()
+    assert group.keys() - {ROW_TOKENS, DENOISER} == reference.keys()
     for k in reference:
         assert torch.equal(group[k], reference[k])
 
@@ -456,11 +457,13 @@ def test_split_and_counts():
         for k in group:
             if k == ROW_TOKENS:  # the rows' counts are cut with them
                 assert {c: sum((p[k][c] for p in parts), []) for c in group[k]} == group[k]
+            elif k == DENOISER:  # every chunk says whose rows it holds
+                assert [p[k] for p in parts] == [group[k]] * len(parts)
             else:
                 assert torch.equal(torch.cat([p[k] for p in parts]), group[k])
     assert start == len(chunks)
     # The counts of device batches come from the collator's numbers: no tensor is read.
-    blind = [{k: (v if k == ROW_TOKENS else torch.empty(v.shape, device='meta', dtype=v.dtype)) for k, v in c.items()}
+    blind = [{k: (torch.empty(v.shape, device='meta', dtype=v.dtype) if torch.is_tensor(v) else v) for k, v in c.items()}
              for c in chunks]
     assert [mixture_num_tokens(c) for c in blind] == [mixture_num_tokens(c) for c in chunks]
     counts = mixture_num_tokens(batch)

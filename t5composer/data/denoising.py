@@ -25,11 +25,13 @@ from t5composer.data.objectives import Denoiser, Objective
 from t5composer.data.span_corruption import FIRST_FREE_STREAM, SpanCorruptionCollator, row_keys, row_uniforms, stack_rows
 
 __all__ = [
+    'DENOISER',
     'IGNORE_INDEX',
     'MixtureCollator',
     'ROW_TOKENS',
     'assign_denoisers',
     'batch_groups',
+    'loss_tokens',
     'mixture_num_samples',
     'mixture_num_tokens',
     'padding_fractions',
@@ -202,11 +204,15 @@ class MixtureCollator:
                 out = self.group(i, tokens[rows], keys[rows])
                 group: dict[str, Any] = {k: torch.from_numpy(v) for k, v in out.items()}
                 group[ROW_TOKENS] = _row_tokens(out)
+                group[DENOISER] = i
                 groups.append(group)
                 present.append(i)
         return {'groups': groups, 'denoisers': present}
 
 
+# Key of a group's denoiser (its index in the objective, a Python int), kept by its microbatches:
+# per-denoiser losses (t5composer.callbacks.denoiser_losses) read it.
+DENOISER = 'denoiser'
 # Key of a group's per-row token counts (lists of Python ints, counted in the collator): Composer
 # asks for a microbatch's tokens after moving it to the device, where counting would wait for it.
 ROW_TOKENS = 'row_tokens'
@@ -259,6 +265,8 @@ def split_mixture_batch(batch: Mapping[str, Any], microbatch_size: int) -> list[
             chunk = {k: v[start:start + size] for k, v in group.items() if torch.is_tensor(v)}
             if ROW_TOKENS in group:
                 chunk[ROW_TOKENS] = {k: v[start:start + size] for k, v in group[ROW_TOKENS].items()}
+            if DENOISER in group:
+                chunk[DENOISER] = group[DENOISER]
             chunks.append(chunk)
     return chunks
 
@@ -266,6 +274,11 @@ def split_mixture_batch(batch: Mapping[str, Any], microbatch_size: int) -> list[
 def mixture_num_samples(batch: Mapping[str, Any]) -> int:
     """Rows in a mixture batch (all groups) or in a single group dict."""
     return sum(int(g['input_ids'].shape[0]) for g in batch_groups(batch))
+
+
+def loss_tokens(group: Mapping[str, Any]) -> int:
+    """Target tokens of one group or microbatch (labels other than -100), from the collator's counts where it has them."""
+    return _count_tokens(group)['loss_generating']
 
 
 def mixture_num_tokens(batch: Mapping[str, Any]) -> dict[str, int]:

@@ -20,6 +20,7 @@ from composer.utils import dist, reproducibility
 from safetensors import SafetensorError
 
 from t5composer.callbacks.checkpoint_rotation import CheckpointRotation
+from t5composer.callbacks.denoiser_losses import DenoiserLosses
 from t5composer.callbacks.model_metadata import ModelMetadata
 from t5composer.callbacks.nonfinite_guard import NonFiniteGuard
 from t5composer.callbacks.predictions import PredictionWriter
@@ -185,6 +186,10 @@ def _callbacks(cfg: TrainConfig, plan: RunPlan, extra: tuple, *, train: bool, pr
         callbacks.append(ProgressGuard())  # an epoch without a batch ends the run instead of spinning
         callbacks.append(NonFiniteGuard(action=cfg.nonfinite.action, max_skips=cfg.nonfinite.max_skips,
                                         check_gradients=cfg.precision != 'amp_fp16'))
+    if train and not isinstance(cfg.data, SNIDataConfig) and not cfg.data.pretraining_objective.is_span_corruption:
+        # A mixture's loss per denoiser, at the nanoT5 line's interval (100 batches by default).
+        interval = (cfg.callbacks.get('nanot5_log') or {}).get('interval', 100)
+        callbacks.append(DenoiserLosses(names=[d.name for d in cfg.data.pretraining_objective.denoisers], interval=interval))
     if isinstance(cfg.data, SNIDataConfig) and cfg.data.eval:
         callbacks.append(PredictionWriter(folder=predictions_folder or cfg.save_folder))
     folder = local_save_folder(cfg)
