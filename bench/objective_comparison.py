@@ -48,12 +48,8 @@ def expected_flops_per_row(objective: Objective, raw_length: int, config: Any) -
         raw_length: tokens per converted row.
         config: the model's T5Config.
     """
-    total = 0.0
-    for weight, denoiser in zip(objective.weights, objective.denoisers):
-        encoder_length, decoder_length = denoiser.output_lengths(raw_length)
-        total += float(weight) * t5_flops_per_batch(config, batch_size=1, encoder_length=encoder_length,
-                                                    decoder_length=decoder_length)
-    return total
+    return sum(float(weight) * t5_flops_per_batch(config, batch_size=1, encoder_length=encoder_length, decoder_length=decoder_length)
+               for weight, (encoder_length, decoder_length) in zip(objective.weights, objective.output_lengths(raw_length)))
 
 
 def _train(overrides: list[str], log: Path) -> None:

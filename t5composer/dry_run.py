@@ -336,7 +336,7 @@ def _lengths(cfg: TrainConfig) -> tuple[int, int]:
     if objective.is_span_corruption:
         return d.input_length, d.span_corruption.target_length
     # A mixture's microbatches hold one denoiser each; the longest of either side bounds the memory.
-    shapes = [denoiser.output_lengths(d.span_corruption.expanded_length) for denoiser in objective.denoisers]
+    shapes = objective.output_lengths(d.span_corruption.expanded_length)
     return max(e for e, _ in shapes), max(t for _, t in shapes)
 
 

@@ -76,7 +76,7 @@ def test_mode_tokens_are_added_after_the_rows_tokenizer(tmp_path):
     assert plan.model_config.vocab_size > max(vocab[t] for t in MODE_TOKENS)
     # The default objective adds nothing.
     plain = plan_run(config_from_dict(tiny(save_folder=str(tmp_path / 'plain'))), world_size=1)
-    assert plain.data_tokenizer is None and len(plain.tokenizer) == len(base)
+    assert plain.rows_tokenizer is plain.tokenizer and len(plain.tokenizer) == len(base)
 
 
 @pytest.mark.slow

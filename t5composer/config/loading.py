@@ -218,18 +218,16 @@ def _objective_problems(d: DataConfig) -> list[str]:
         objective = d.pretraining_objective
     except (TypeError, ValueError) as e:  # not a mapping, or entries that are not denoisers
         return [f"'data.objective': {e}"]
+    if not objective.is_span_corruption:
+        # Every denoiser must make the data's rows into its fixed shapes with T5's sentinels.
+        return objective.problems(key=key, raw_length=d.span_corruption.expanded_length, num_sentinels=NUM_SENTINELS)
     p = objective.problems(key=key)
-    if p:
-        return p
-    if objective.is_span_corruption:
-        (only,) = objective.denoisers
-        if (only.corruption_rate, only.mean_span_length) != (d.noise_density, d.mean_noise_span_length):
-            p.append(f"'data.objective' is plain span corruption ({only.mean_span_length}, {only.corruption_rate}) but "
-                     f"'data.noise_density' / 'data.mean_noise_span_length' are {d.noise_density} / {d.mean_noise_span_length}; "
-                     'set those instead (they also say which rows the data has) and remove data.objective.')
-        return p
-    # Every denoiser must make the data's rows into its fixed shapes with T5's sentinels.
-    return objective.problems(key=key, raw_length=d.span_corruption.expanded_length, num_sentinels=NUM_SENTINELS)
+    (only,) = objective.denoisers
+    if not p and (only.corruption_rate, only.mean_span_length) != (d.noise_density, d.mean_noise_span_length):
+        p.append(f"'data.objective' is plain span corruption ({only.mean_span_length}, {only.corruption_rate}) but "
+                 f"'data.noise_density' / 'data.mean_noise_span_length' are {d.noise_density} / {d.mean_noise_span_length}; "
+                 'set those instead (they also say which rows the data has) and remove data.objective.')
+    return p
 
 
 def _sni_problems(cfg: TrainConfig) -> list[str]:

@@ -68,7 +68,7 @@ def pretraining_loaders(cfg: TrainConfig, plan: DataPlan, tokenizer: Any, model_
     spec = d.span_corruption
     raw_length = spec.expanded_length
     hold_split_locks(cfg, plan, train)  # before the checks: the splits checked are the splits read
-    hashed = check_splits(cfg, plan, rows_tokenizer if rows_tokenizer is not None else tokenizer, raw_length,
+    hashed = check_splits(cfg, plan, tokenizer if rows_tokenizer is None else rows_tokenizer, raw_length,
                           world_size=dist.get_world_size(), train=train)
     objective = d.pretraining_objective
     common = dict(sentinel_ids=sentinel_ids(tokenizer, NUM_SENTINELS), eos_id=tokenizer.eos_token_id,

@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from t5composer.callbacks.checkpoint_rotation import CheckpointRotation
 from t5composer.callbacks.denoiser_losses import DenoiserLosses
 from t5composer.callbacks.model_metadata import ModelMetadata
+from t5composer.callbacks.nanot5_log import NanoT5Log
 from t5composer.callbacks.nonfinite_guard import NonFiniteGuard
 from t5composer.callbacks.predictions import PredictionWriter
 from t5composer.callbacks.progress_guard import ProgressGuard
@@ -31,6 +32,7 @@ from t5composer.components import build_components
 from t5composer.config.schema import SNIDataConfig, TrainConfig
 from t5composer.config.validation import ConfigError
 from t5composer.data.loaders import DataParts, pretraining_loaders, shared_memory_releases, sni_loaders
+from t5composer.data.objectives import Objective
 from t5composer.data.shared_memory import clean_stale_streaming_state, remove_lock_files_at_exit
 from t5composer.loggers import MetricsJSONL
 from t5composer.models import build_composer_t5
@@ -113,7 +115,7 @@ def build_trainer(
             load_weights_only=cfg.load_weights_only or cfg.model.init == 'checkpoint',
             # A mixture's microbatches hold different numbers of target tokens per row: weigh each by
             # its tokens, so the step's loss is the mean over the batch's target tokens.
-            accumulate_train_batch_on_tokens=plan.data is not None and not cfg.data.pretraining_objective.is_span_corruption,
+            accumulate_train_batch_on_tokens=_mixture(cfg) is not None,
             **_trainer_settings(cfg),
         )
     except BaseException:
@@ -177,6 +179,14 @@ def _build_model(cfg: TrainConfig, plan: RunPlan, data: DataParts) -> Any:
                            if isinstance(e, SafetensorError) else f'model.name: {e}']) from e
 
 
+def _mixture(cfg: TrainConfig) -> Optional[Objective]:
+    """The pre-training mixture of denoisers of ``cfg``; None for span corruption and for fine-tuning."""
+    if isinstance(cfg.data, SNIDataConfig):
+        return None
+    objective = cfg.data.pretraining_objective
+    return None if objective.is_span_corruption else objective
+
+
 def _callbacks(cfg: TrainConfig, plan: RunPlan, extra: tuple, *, train: bool, predictions_folder: Optional[str]) -> list:
     """The config's callbacks, then those every run has: model metadata, the guards, predictions, rotation, lr."""
     callbacks = build_components('callbacks', cfg.callbacks) + list(extra)
@@ -186,10 +196,11 @@ def _callbacks(cfg: TrainConfig, plan: RunPlan, extra: tuple, *, train: bool, pr
         callbacks.append(ProgressGuard())  # an epoch without a batch ends the run instead of spinning
         callbacks.append(NonFiniteGuard(action=cfg.nonfinite.action, max_skips=cfg.nonfinite.max_skips,
                                         check_gradients=cfg.precision != 'amp_fp16'))
-    if train and not isinstance(cfg.data, SNIDataConfig) and not cfg.data.pretraining_objective.is_span_corruption:
-        # A mixture's loss per denoiser, at the nanoT5 line's interval (100 batches by default).
-        interval = (cfg.callbacks.get('nanot5_log') or {}).get('interval', 100)
-        callbacks.append(DenoiserLosses(names=[d.name for d in cfg.data.pretraining_objective.denoisers], interval=interval))
+    mixture = _mixture(cfg)
+    if train and mixture is not None:
+        # A mixture's loss per denoiser, at the nanoT5 line's interval when the run prints one.
+        line = next((c for c in callbacks if isinstance(c, NanoT5Log)), None)
+        callbacks.append(DenoiserLosses(names=[d.name for d in mixture.denoisers], **({'interval': line.interval} if line else {})))
     if isinstance(cfg.data, SNIDataConfig) and cfg.data.eval:
         callbacks.append(PredictionWriter(folder=predictions_folder or cfg.save_folder))
     folder = local_save_folder(cfg)

@@ -44,8 +44,9 @@ class RunPlan:
         model_config: the T5Config the model is built from.
         parallelism: the Trainer's ``parallelism_config`` (None without FSDP).
         notes: what a dry run could not check here, said in its report.
-        data_tokenizer: the tokenizer as the rows were made with it, before the run's mode tokens
-            were added (the split checks compare its fingerprint); None when it is ``tokenizer``.
+        rows_tokenizer: the tokenizer the converted rows were made with (the split checks
+            compare its fingerprint): ``tokenizer`` itself, unless the run adds mode tokens, which
+            a copy of it then holds.
     """
 
     world_size: int
@@ -56,12 +57,7 @@ class RunPlan:
     model_config: Any
     parallelism: Optional[dict[str, Any]]
     notes: list[str] = field(default_factory=list)
-    data_tokenizer: Any = None
-
-    @property
-    def rows_tokenizer(self) -> Any:
-        """The tokenizer the converted rows were made with (:attr:`data_tokenizer`, else :attr:`tokenizer`)."""
-        return self.tokenizer if self.data_tokenizer is None else self.data_tokenizer
+    rows_tokenizer: Any = None
 
 
 def local_save_folder(cfg: TrainConfig) -> Optional[str]:
@@ -227,13 +223,13 @@ def plan_run(cfg: TrainConfig, *, world_size: int, dry_run: bool = False) -> Run
     if tokenizer_name is None:
         raise ConfigError([f"The checkpoint '{cfg.load_path}' carries no tokenizer; set tokenizer.name."])
     tokenizer = _tokenizer_if_reachable(tokenizer_name, notes) if dry_run else load_run_tokenizer(tokenizer_name)
-    rows_tokenizer, ids = None, {}
+    rows_tokenizer, ids = tokenizer, {}
     modes = run_mode_tokens(cfg)
     if tokenizer is not None and modes:
         # Rows never hold mode tokens: the data was made (and is checked) with the tokenizer as
-        # loaded; the run itself, the model's vocabulary and what the checkpoints carry use the
-        # tokenizer with them.
-        rows_tokenizer, tokenizer = tokenizer, copy.deepcopy(tokenizer)
+        # loaded; the run itself, the model's vocabulary and what the checkpoints carry use a
+        # copy with them.
+        tokenizer = copy.deepcopy(tokenizer)
         ids = add_mode_tokens(tokenizer, modes)
     model_config = model_config_for(cfg, tokenizer, checkpoint_config=checkpoint_config, notes=notes)
     if tokenizer is not None and modes:
@@ -245,7 +241,7 @@ def plan_run(cfg: TrainConfig, *, world_size: int, dry_run: bool = False) -> Run
                            'tokens; they do not belong together.'])
     return RunPlan(world_size=world_size, batches=batch_sizes(cfg, world_size), data=data,
                    tokenizer_name=tokenizer_name, tokenizer=tokenizer, model_config=model_config,
-                   parallelism=trainer_parallelism_config(cfg), notes=notes, data_tokenizer=rows_tokenizer)
+                   parallelism=trainer_parallelism_config(cfg), notes=notes, rows_tokenizer=rows_tokenizer)
 
 
 def run_mode_tokens(cfg: TrainConfig) -> tuple[str, ...]:
