@@ -40,6 +40,15 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, '__name__', str(tp))
 
 
+def _bracket_hint(value: Any, where: str) -> str:
+    """Why a string setting got a list: ``[S2S]`` unquoted, in YAML or on a command line, is a one-item list."""
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
+        text = f'[{value[0]}]'
+        return (f" Unquoted, {text} is a list; quote it to mean the text: {where.split('.')[-1]}: '{text}' in YAML, "
+                f"\"{where}='{text}'\" on a shell command line.")
+    return ''
+
+
 def _convert(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
     """Check ``value`` against type ``tp``; return the converted value (problems appended)."""
     origin = typing.get_origin(tp)
@@ -66,7 +75,8 @@ def _convert(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
             inner = next(a for a in args if a is not type(None))
             if dataclasses.is_dataclass(inner) and isinstance(value, dict):
                 return _convert(value, inner, where, problems)
-        problems.append(f"'{where}' must be {_type_name(tp)}, got {type(value).__name__} {value!r}.")
+        hint = _bracket_hint(value, where) if str in args else ''
+        problems.append(f"'{where}' must be {_type_name(tp)}, got {type(value).__name__} {value!r}.{hint}")
         return value
     if origin is Literal:
         choices = typing.get_args(tp)
@@ -110,7 +120,7 @@ def _convert(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            problems.append(f"'{where}' must be a string, got {type(value).__name__} {value!r}.")
+            problems.append(f"'{where}' must be a string, got {type(value).__name__} {value!r}.{_bracket_hint(value, where)}")
         return value
     raise TypeError(f'unsupported schema type {tp!r} at {where}')
 
