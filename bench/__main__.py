@@ -23,7 +23,7 @@ from types import ModuleType
 
 import torch
 
-from bench import collator, converter, dataloader, generation, model, objectives, optimizer, scaling
+from bench import collator, converter, dataloader, generation, kernels, model, objectives, optimizer, scaling
 from bench.measure import format_table
 
 # name -> case module (HELP, COLUMNS, add_args(parser), run(args) -> rows); one line per case.
@@ -34,6 +34,7 @@ CASES: dict[str, ModuleType] = {
     'objectives': objectives,
     'converter': converter,
     'model': model,
+    'kernels': kernels,
     'optimizer': optimizer,
     'scaling': scaling,
 }

@@ -32,7 +32,10 @@
 #   6. only with OPTIONS=1, as a second run (SKIP_MODEL=1 SKIP_OPT=1 SKIP_LOOP=1 OPTIONS=1): the
 #      model step's options, each against sdpa+compile from part 4 (which the defaults keep until
 #      these are measured): hf+compile (transformers' T5 with the same weights and flags: the
-#      >= 1.3x target), eager sdpa and hf, flex+compile (FlexAttention, the bias table in a
+#      >= 1.3x target), eager sdpa and hf, triton+compile (our fused kernel, the bias gradient
+#      summed over the batch inside it; before the table it is checked against SDPA's logits and
+#      gradients and timed alone against SDPA's kernel at the encoder's and decoder's shapes),
+#      flex+compile (FlexAttention, the bias table in a
 #      score_mod; also checked against SDPA's logits and gradients), sdpa+closs (the fp32
 #      cross-entropy compiled with the model: a fused loss), sdpa+cudagraphs (reduce-overhead:
 #      CUDA graphs, the shapes being static), sdpa+autotune (max-autotune-no-cudagraphs);
@@ -43,7 +46,7 @@
 #      the scaling case (python -m bench --only scaling --device cuda), eager bf16:
 #      small/base/large at batch 32, base at batches 16-128 and lengths 128-2048; time-boxed at 300 s.
 # Knobs (environment): MODEL_VARIANTS, MODEL_MICROBATCH, MODEL_REPEATS (5), LOOP_STEPS (60),
-# LOOP_ATTN (sdpa), LOOP_PROBE (the loop_probe windows, key=value), LOOP_BARE_VARIANT (the model
+# LOOP_ATTN (model.attn_impl of the loop: sdpa; triton for our kernel), LOOP_PROBE (the loop_probe windows, key=value), LOOP_BARE_VARIANT (the model
 # case's row the loop is compared with: sdpa+compile+opt; sdpa+compile+eageropt for a loop with
 # LOOP_OVERRIDES=optimizer.compiled=false, sdpa+opt for an eager loop, LOOP_OVERRIDES=compile=false),
 # LOOP_BOX, OPT_BOX, MODEL_BOX (seconds), RESULTS_DIR (bench/results), SKIP_MODEL=1, SKIP_OPT=1,
@@ -154,7 +157,7 @@ fi
 if [ "${OPTIONS:-0}" = 1 ]; then
     say "model step options"
     timeout 480 "$PY" -m bench --only model --device cuda --warmup 2 --repeats "${MODEL_REPEATS:-5}" \
-        --model-variants "${OPTIONS_VARIANTS:-sdpa+compile,hf+compile,sdpa,hf,flex+compile,sdpa+closs,sdpa+cudagraphs,sdpa+autotune}" \
+        --model-variants "${OPTIONS_VARIANTS:-sdpa+compile,triton+compile,hf+compile,sdpa,hf,flex+compile,sdpa+closs,sdpa+cudagraphs,sdpa+autotune}" \
         ${MODEL_MICROBATCH:+--model-microbatch "$MODEL_MICROBATCH"} \
         --json "$OUT/model_options.json" 2>&1 | grep -v -E 'UserWarning|warnings.warn' | tee "$OUT/model_options.log"
     say "model step options done (exit ${PIPESTATUS[0]}; 124 = stopped at its time limit, the rows printed so far stand)"

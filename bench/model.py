@@ -8,7 +8,7 @@ rows per forward/backward. Defaults: on CPU t5-v1_1-small, batch 8, fp32; on CUD
 batch 128, bf16 autocast (as Composer's ``amp_bf16``).
 
 Variants (``--model-variants``, comma-separated): ``hf`` (transformers) or one of our attention
-implementations ``sdpa``, ``flex``, ``flex_dense`` (see ``T5ForConditionalGeneration.set_attn_impl``),
+implementations ``sdpa``, ``flex``, ``flex_dense``, ``triton`` (see ``T5ForConditionalGeneration.set_attn_impl``),
 each optionally followed by flags: ``+compile`` (``torch.compile`` of the module), ``+ckpt``
 (activation checkpointing of every block), ``+autotune`` / ``+cudagraphs`` (compile with
 ``mode='max-autotune-no-cudagraphs'`` / ``'reduce-overhead'``: CUDA graphs, the shapes being
@@ -32,8 +32,10 @@ process's peak RSS, which includes both models' weights.
 Before the variants, the case reports which SDPA kernel PyTorch picks for T5's self-attention
 (additive bias that requires grad) and for its cross-attention (no mask), and which backends
 accept the biased call at all (:func:`sdpa_kernel_check`); the time of T5's parallel projections
-separate vs fused into one matmul (:func:`projection_fusion_check`); and on CUDA, when a flex
-variant is asked for, FlexAttention's fused kernel against SDPA (:func:`flex_correctness_check`).
+separate vs fused into one matmul (:func:`projection_fusion_check`); and on CUDA, when a flex or
+triton variant is asked for, its kernels against SDPA in a small fp32 model
+(:func:`attn_impl_correctness_check`), and for triton our kernel against SDPA's at T5's
+self-attention shapes, alone (:func:`bias_attention_timing`: time, TFLOP/s, bf16 error).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ import torch.nn.functional as F
 
 from bench.measure import peak_memory_mib, reset_peak_memory, sync
 from t5composer.data.span_spec import SpanCorruptionSpec
+from t5composer.models.t5 import ATTN_IMPLS
 
 HELP = "model fwd+bwd step: our T5 vs transformers' (tokens/s, step time, MFU, peak memory)"
 
@@ -83,7 +86,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument('--model-batch', type=int, default=None, help='rows per step (default: 8 on cpu, 128 on cuda)')
     g.add_argument('--model-microbatch', type=int, default=None, help='rows per forward/backward (default: the batch)')
     g.add_argument('--model-variants', default=None,
-                   help="comma-separated, e.g. 'hf,sdpa,flex+compile' (default: hf,sdpa on cpu; "
+                   help="comma-separated, e.g. 'hf,sdpa,triton+compile' (default: hf,sdpa on cpu; "
                         "sdpa,hf,sdpa+compile,sdpa+compile+opt,flex+compile,hf+compile on cuda)")
     g.add_argument('--model-threads', default=None, help="CPU only: comma-separated torch thread counts (default '1,<all>')")
     g.add_argument('--model-dtype', choices=['fp32', 'bf16'], default=None, help='default: fp32 on cpu, bf16 (autocast) on cuda')
@@ -238,12 +241,13 @@ def projection_fusion_check(device: str, *, dtype: torch.dtype, tokens: int, d_m
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def flex_correctness_check(device: str, impls: tuple[str, ...] = ('flex',)) -> dict[str, dict[str, float]]:
-    """Largest differences of FlexAttention against SDPA on ``device``: logits, and each gradient relative to its scale.
+def attn_impl_correctness_check(device: str, impls: tuple[str, ...] = ('flex',)) -> dict[str, dict[str, float]]:
+    """Largest differences of other attention implementations against SDPA on ``device``: logits, and each gradient relative to its scale.
 
     A small v1.1-shaped model (d_model 64, 2+2 layers, 4 heads, 32 buckets), fp32, one batch of
-    4 x 128 -> 32 tokens. On CUDA this exercises the fused (compiled) kernel and its gradient of
-    the bucket table, which the CPU tests cannot (they run FlexAttention unfused).
+    4 x 128 -> 32 tokens. On CUDA this exercises FlexAttention's fused (compiled) kernel and its
+    gradient of the bucket table, which the CPU tests cannot (they run FlexAttention unfused), and
+    our Triton kernels compiled (the CPU tests run them in Triton's interpreter).
     """
     import transformers
 
@@ -255,12 +259,12 @@ def flex_correctness_check(device: str, impls: tuple[str, ...] = ('flex',)) -> d
     tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False  # plain fp32 matmuls, so the differences are the kernels'
     try:
-        return _flex_diffs(T5ForConditionalGeneration, config, device, impls)
+        return _impl_diffs(T5ForConditionalGeneration, config, device, impls)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
-def _flex_diffs(model_cls: Any, config: Any, device: str, impls: tuple[str, ...]) -> dict[str, dict[str, float]]:
+def _impl_diffs(model_cls: Any, config: Any, device: str, impls: tuple[str, ...]) -> dict[str, dict[str, float]]:
     torch.manual_seed(0)
     ref = model_cls(config).to(device)
     g = torch.Generator().manual_seed(0)
@@ -284,6 +288,80 @@ def _flex_diffs(model_cls: Any, config: Any, device: str, impls: tuple[str, ...]
     return report
 
 
+def bias_attention_timing(device: str, *, dtype: torch.dtype, heads: int, d_kv: int, batch: int, repeats: int = 20,
+                          encoder_length: int = ENCODER_LENGTH, decoder_length: int = DECODER_LENGTH) -> dict[str, dict[str, Any]]:
+    """Our fused self-attention kernel against SDPA's at T5's shapes, alone: time, TFLOP/s, error.
+
+    For the encoder (512 tokens, no mask) and the decoder (114, causal mask in the bias): ``q``,
+    ``k``, ``v`` as the head split of a projection, a ``[1, H, L, L]`` bias that requires grad,
+    in ``dtype``. Each implementation's forward (no grad) and forward + backward (all four
+    gradients) are timed over ``repeats`` back-to-back calls; its first call (which autotunes
+    ours) is reported apart. TFLOP/s counts ``4 B H L^2 d`` for the forward and twice that for the
+    backward, as the model's FLOP count does. ``error_vs_fp32``: each output's and gradient's
+    largest difference from SDPA in fp32, relative to its largest value.
+
+    Args:
+        device: 'cuda'.
+        dtype: the compute dtype (bf16 in training).
+        heads: attention heads.
+        d_kv: head size.
+        batch: rows per call (the microbatch).
+        repeats: calls timed per measurement.
+        encoder_length: encoder tokens.
+        decoder_length: decoder tokens.
+    """
+    from t5composer.models.bias_attention import bias_attention
+
+    names = ('out', 'dq', 'dk', 'dv', 'dbias')
+    report: dict[str, dict[str, Any]] = {}
+    for where, length, causal in (('encoder', encoder_length, False), ('decoder', decoder_length, True)):
+        g = torch.Generator(device=device).manual_seed(0)
+        q, k, v = (torch.randn(batch, length, heads, d_kv, device=device, generator=g).transpose(1, 2) for _ in range(3))
+        bias = torch.randn(1, heads, length, length, device=device, generator=g)
+        if causal:
+            bias = bias.masked_fill(~torch.ones(length, length, dtype=torch.bool, device=device).tril(), torch.finfo(dtype).min)
+        grad = torch.randn(batch, heads, length, d_kv, device=device, generator=g)
+
+        def run(fn: Callable, tensors: list[torch.Tensor], grad_out: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            out = fn(*tensors)
+            return (out, *torch.autograd.grad(out, tensors, grad_out))
+
+        def sdpa(q, k, v, bias):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
+
+        exact = [t.clone().requires_grad_() for t in (q, k, v, bias)]
+        reference = run(sdpa, exact, grad)
+        tensors = [t.to(dtype).requires_grad_() for t in (q, k, v, bias)]
+        grad_out = grad.to(dtype)
+        fwd_flops = 4 * batch * heads * length * length * d_kv
+        entry = {}
+        for impl, fn in (('sdpa', sdpa), ('ours', bias_attention)):
+            sync(device)
+            start = time.perf_counter()
+            got = run(fn, tensors, grad_out)
+            sync(device)
+            first = time.perf_counter() - start
+            errors = {n: ((a.float() - r).abs().max() / r.abs().max()).item() for n, a, r in zip(names, got, reference)}
+            del got
+
+            def timed(call: Callable[[], Any]) -> float:
+                call()
+                sync(device)
+                start = time.perf_counter()
+                for _ in range(repeats):
+                    call()
+                sync(device)
+                return (time.perf_counter() - start) / repeats * 1e3
+
+            with torch.no_grad():
+                fwd_ms = timed(lambda: fn(*tensors))
+            fwd_bwd_ms = timed(lambda: run(fn, tensors, grad_out))
+            entry[impl] = {'fwd_ms': fwd_ms, 'fwd_bwd_ms': fwd_bwd_ms, 'fwd_tflops': fwd_flops / fwd_ms / 1e9,
+                           'fwd_bwd_tflops': 3 * fwd_flops / fwd_bwd_ms / 1e9, 'first_call_s': first, 'error_vs_fp32': errors}
+        report[where] = entry
+    return report
+
+
 # Variant flags; those of the second line imply 'compile'.
 FLAGS = ('compile', 'ckpt', 'opt', 'eageropt',
          'autotune', 'cudagraphs', 'closs')
@@ -292,8 +370,8 @@ COMPILE_FLAGS = {'autotune', 'cudagraphs', 'closs'}
 
 def _parse_variant(spec: str) -> tuple[str, set[str]]:
     impl, *flags = spec.strip().split('+')
-    if impl not in ('hf', 'sdpa', 'flex', 'flex_dense'):
-        raise ValueError(f"unknown model variant {spec!r}: start with hf, sdpa, flex or flex_dense")
+    if impl != 'hf' and impl not in ATTN_IMPLS:
+        raise ValueError(f"unknown model variant {spec!r}: start with hf or one of {', '.join(ATTN_IMPLS)}")
     unknown = set(flags) - set(FLAGS)
     if unknown:
         raise ValueError(f'unknown flags {sorted(unknown)} in model variant {spec!r} ({", ".join(FLAGS)})')
@@ -511,16 +589,26 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             print(f'  [model] attention kernels ({"compiled" if compiled else "eager"}) FAILED {type(e).__name__}: '
                   f'{str(e).splitlines()[0][:300] if str(e) else ""}', flush=True)
 
-    flex_check = None
-    flex_impls = tuple(dict.fromkeys(_parse_variant(s)[0] for s in specs if _parse_variant(s)[0].startswith('flex')))
-    if on_cuda and flex_impls:
+    impl_check = kernel_timing = None
+    other_impls = tuple(dict.fromkeys(i for i, _ in map(_parse_variant, specs) if i not in ('hf', 'sdpa')))
+    if on_cuda and other_impls:
         try:
-            flex_check = flex_correctness_check(device, flex_impls)
-            for impl, diffs in flex_check.items():
+            impl_check = attn_impl_correctness_check(device, other_impls)
+            for impl, diffs in impl_check.items():
                 print(f'  [model] {impl} vs sdpa (fp32, fused kernel): ' + ', '.join(f'{k} {v:.2e}' for k, v in diffs.items()), flush=True)
         except Exception as e:  # report and go on to the timings
-            print(f'  [model] flex correctness check FAILED {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ""}', flush=True)
+            print(f'  [model] attention correctness check FAILED {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ""}', flush=True)
         torch._dynamo.reset()
+    if on_cuda and 'triton' in other_impls:
+        try:
+            kernel_timing = bias_attention_timing(device, dtype=dtype, heads=config.num_heads, d_kv=config.d_kv, batch=microbatch)
+            for where, entry in kernel_timing.items():
+                print(f'  [model] self-attention kernels, {where}: ' + '; '.join(
+                    f"{impl} fwd {e['fwd_ms']:.2f} ms ({e['fwd_tflops']:.0f} TFLOP/s), fwd+bwd {e['fwd_bwd_ms']:.2f} ms "
+                    f"({e['fwd_bwd_tflops']:.0f} TFLOP/s), max error vs fp32 {max(e['error_vs_fp32'].values()):.1e}, "
+                    f"first call {e['first_call_s']:.1f} s" for impl, e in entry.items()), flush=True)
+        except Exception as e:  # report and go on to the timings
+            print(f'  [model] bias_attention timing FAILED {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ""}', flush=True)
 
     rows: list[dict[str, Any]] = []
     for threads in threads_list:
@@ -566,7 +654,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 'hf_attn_implementation': getattr(hf_model.config, '_attn_implementation', None),
                 'microbatch': microbatch, 'dtype': str(dtype).removeprefix('torch.'), 'flops_per_step': flops,
                 'device_name': device_name, 'sdpa_kernels': kernels, 'attention_kernels': attention_kernels,
-                'projection_fusion_ms': fusion, 'flex_check': flex_check, 'interleaved': not on_cuda,
+                'projection_fusion_ms': fusion, 'attn_impl_check': impl_check,
+                'self_attention_kernels': kernel_timing, 'interleaved': not on_cuda,
             })
             print(f'  [model] {v.spec}{"" if on_cuda else f" ({threads} threads)"}: {median:.3f} s/step, '
                   f'{tokens / median:,.0f} tokens/s, first loss {v.first_loss:.4f}', flush=True)

@@ -10,6 +10,15 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / 'shared' / 'data'
 
+# Without a GPU our Triton kernels (t5composer/models/bias_attention_kernels.py) run in Triton's
+# interpreter. triton.jit reads this when each function is decorated, its own library's included,
+# so it must be set before anything imports triton (transformers and Composer do, at collection).
+if 'TRITON_INTERPRET' not in os.environ:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ['TRITON_INTERPRET'] = '1'
+
 
 @pytest.fixture(autouse=True, scope='session')
 def _checkout_on_pythonpath():

@@ -820,6 +820,9 @@ CASES = [
          "'auto' needs a GPU", 'device_train_microbatch_size', 'on CPU set an integer'),
     Case('amp-bf16-on-cpu', 'precision=amp_bf16 on a CPU', checked('precision=amp_bf16'),
          'is not supported on CPU', "precision 'amp_bf16'", 'set precision=fp32'),
+    Case('triton-attention-on-cpu', 'model.attn_impl=triton on a CPU',
+         checked('model.attn_impl=triton', 'model.dropout_rate=0', setup=lambda env: env.monkeypatch.delenv('TRITON_INTERPRET', raising=False)),
+         'its kernels run on CUDA', 'model.attn_impl=triton cannot run here', 'Set model.attn_impl=sdpa'),
     # Names of components (preflight, before the model is built).
     Case('optimizer-unknown', 'optimizer.name=adamwscal', checked('optimizer.name=adamwscal'),
          'is not a registered optimizer', "'optimizer.name' 'adamwscal'", "Did you mean 'adamwscale'?"),

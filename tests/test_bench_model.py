@@ -106,10 +106,21 @@ def test_device_peaks():
     assert model_case.device_peak_tflops('NVIDIA GeForce RTX 3090') is None
 
 
-def test_flex_correctness_check_on_cpu():
-    report = model_case.flex_correctness_check('cpu', ('flex', 'flex_dense'))
+def test_attn_impl_correctness_check_on_cpu():
+    report = model_case.attn_impl_correctness_check('cpu', ('flex', 'flex_dense', 'triton'))
     for diffs in report.values():
         assert diffs['logits_max_abs_diff'] < 1e-4 and diffs['grad_max_rel_diff'] < 1e-4 and diffs['table_grad_rel_diff'] < 1e-4
+
+
+def test_bias_attention_timing_on_cpu():
+    """The GPU script's kernel comparison, at toy size in Triton's interpreter (fp32: both match fp32 SDPA)."""
+    report = model_case.bias_attention_timing('cpu', dtype=torch.float32, heads=2, d_kv=16, batch=2, repeats=1,
+                                              encoder_length=40, decoder_length=19)
+    assert set(report) == {'encoder', 'decoder'}
+    for entry in report.values():
+        assert set(entry) == {'sdpa', 'ours'}
+        for e in entry.values():
+            assert e['fwd_ms'] > 0 and e['fwd_bwd_tflops'] > 0 and max(e['error_vs_fp32'].values()) < 1e-5, e
 
 
 def test_side_by_side_and_the_results_file_name():

@@ -45,7 +45,8 @@ class ModelConfig:
     gradient_checkpointing: recompute block activations in backward to save memory.
     attn_impl: self-attention kernel of unpadded batches: ``sdpa`` (default), or FlexAttention
         with the position bias looked up per score, ``flex`` (bucket table) or ``flex_dense``
-        (an [H, L, L] bias per forward); the flex ones need dropout_rate 0. See
+        (an [H, L, L] bias per forward), or ``triton``, our fused kernel that sums the bias
+        gradient over the batch (CUDA); all but sdpa need dropout_rate 0. See
         docs/performance.md for which is faster where.
     vocab_size: an integer, or ``tokenizer`` for the tokenizer's size rounded up to a multiple
         of 128 (for tokenizers trained in-house).
@@ -57,7 +58,7 @@ class ModelConfig:
     revision: Optional[str] = None
     lm_head_init_std: Optional[float] = None
     gradient_checkpointing: bool = False
-    attn_impl: Literal['sdpa', 'flex', 'flex_dense'] = 'sdpa'
+    attn_impl: Literal['sdpa', 'flex', 'flex_dense', 'triton'] = 'sdpa'
     vocab_size: Union[int, Literal['tokenizer'], None] = None
     d_model: Optional[int] = None
     d_kv: Optional[int] = None

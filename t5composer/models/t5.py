@@ -27,7 +27,9 @@ Attention runs through ``F.scaled_dot_product_attention`` with ``scale=1.0`` and
 every row is exactly the input length) build no padding mask at all. ``attn_impl='flex'`` runs
 self-attention of unpadded batches through FlexAttention instead, with a ``score_mod`` that looks
 the bias up in the bucket table, so no ``[H, L, L]`` bias is built and the table still gets its
-gradient (see :class:`FlexBias`; docs/performance.md has the measurements behind the default).
+gradient (see :class:`FlexBias`). ``attn_impl='triton'`` runs it through our own fused kernel,
+which returns the bias gradient summed over the batch (see :class:`SharedBias`);
+docs/performance.md has the measurements behind the default.
 
 Greedy decoding (:meth:`T5ForConditionalGeneration.generate`) runs the encoder once and then the
 decoder one token per step against a :class:`DecoderCache`: per decoder layer, preallocated
@@ -49,11 +51,15 @@ import transformers
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from t5composer.models.bias_attention import BIAS_ATTENTION_MAX_HEAD_DIM, bias_attention
+
 __all__ = [
     'ATTN_IMPLS',
     'DecoderCache',
+    'FLEX_IMPLS',
     'FlexBias',
     'KVCache',
+    'SharedBias',
     'T5Attention',
     'T5Block',
     'T5ForConditionalGeneration',
@@ -245,7 +251,21 @@ class KVCache:
         return self.k, self.v
 
 
-ATTN_IMPLS = ('sdpa', 'flex', 'flex_dense')
+ATTN_IMPLS = ('sdpa', 'flex', 'flex_dense', 'triton')
+FLEX_IMPLS = ('flex', 'flex_dense')
+
+
+class SharedBias(NamedTuple):
+    """The self-attention bias of an unpadded pass, the same for every row: for our fused kernel.
+
+    :func:`~t5composer.models.bias_attention.bias_attention` adds it to the scores and returns
+    its gradient summed over the batch (``attn_impl='triton'``).
+
+    Attributes:
+        bias: ``[1, H, Lq, Lk]`` position bias (+ causal mask) in the compute dtype, contiguous.
+    """
+
+    bias: torch.Tensor
 
 
 class FlexBias(NamedTuple):
@@ -382,7 +402,7 @@ class T5Attention(nn.Module):
         self,
         hidden_states: torch.Tensor,
         *,
-        attn_bias: torch.Tensor | FlexBias | None,
+        attn_bias: torch.Tensor | FlexBias | SharedBias | None,
         key_value_states: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
     ) -> torch.Tensor:
@@ -391,7 +411,8 @@ class T5Attention(nn.Module):
         Args:
             hidden_states: queries' input ``[B, Lq, d_model]``.
             attn_bias: additive bias broadcastable to ``[B, H, Lq, Lk]`` in the compute dtype
-                (position bias and masks), or None (SDPA); or a :class:`FlexBias` (FlexAttention).
+                (position bias and masks), or None (SDPA); a :class:`FlexBias` (FlexAttention); or
+                a :class:`SharedBias` (our fused kernel).
             key_value_states: encoder output ``[B, Lk, d_model]`` for cross-attention; None for
                 self-attention.
             kv_cache: decoding only: a cross-attention cache replaces the projection of
@@ -410,6 +431,8 @@ class T5Attention(nn.Module):
                 k, v = kv_cache.write(k, v)  # self-attention step: add this token, see all slots
         if isinstance(attn_bias, FlexBias):
             out = flex_self_attention(q, k, v, attn_bias)
+        elif isinstance(attn_bias, SharedBias):
+            out = bias_attention(q, k, v, attn_bias.bias)
         else:
             out = F.scaled_dot_product_attention(
                 q,
@@ -701,8 +724,10 @@ class T5Stack(nn.Module):
             cross_bias = cache.cross_bias
         else:
             dtype = _compute_dtype(hidden)
-            if self.attn_impl != 'sdpa' and attention_mask is None:
+            if self.attn_impl in FLEX_IMPLS and attention_mask is None:
                 self_bias = self._flex_bias(input_ids.shape[1])
+            elif self.attn_impl == 'triton' and attention_mask is None:
+                self_bias = SharedBias(self._self_attn_bias(input_ids.shape[1], None, dtype))
             else:
                 self_bias = self._self_attn_bias(input_ids.shape[1], attention_mask, dtype)
             cross_bias = None
@@ -752,8 +777,9 @@ class T5ForConditionalGeneration(nn.Module):
         config: a ``transformers.T5Config`` (see ``load_model_config``).
         lm_head_std: optional std for the untied lm_head init (default: the reference's 1.0 *
             initializer_factor, which gives a first loss around 60; ``d_model**-0.5`` is saner).
-        attn_impl: self-attention of unpadded batches through ``'sdpa'`` (default) or
-            FlexAttention (``'flex'``, ``'flex_dense'``); see :meth:`set_attn_impl`.
+        attn_impl: self-attention of unpadded batches through ``'sdpa'`` (default),
+            FlexAttention (``'flex'``, ``'flex_dense'``) or our kernel (``'triton'``); see
+            :meth:`set_attn_impl`.
     """
 
     def __init__(self, config: transformers.T5Config, *, lm_head_std: float | None = None, attn_impl: str = 'sdpa') -> None:
@@ -823,8 +849,8 @@ class T5ForConditionalGeneration(nn.Module):
         return sum(p.numel() for p in params)
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
-        """Turn activation checkpointing of every block on or off in both stacks (SDPA only, see :meth:`set_attn_impl`)."""
-        if enabled and self.encoder.attn_impl != 'sdpa':
+        """Turn activation checkpointing of every block on or off in both stacks (not with FlexAttention, see :meth:`set_attn_impl`)."""
+        if enabled and self.encoder.attn_impl in FLEX_IMPLS:
             raise ValueError(_FLEX_CHECKPOINT_ERROR.format(self.encoder.attn_impl))
         self.encoder.gradient_checkpointing = enabled
         self.decoder.gradient_checkpointing = enabled
@@ -835,11 +861,13 @@ class T5ForConditionalGeneration(nn.Module):
         ``'sdpa'``: ``F.scaled_dot_product_attention`` with the bias ``[1, H, L, L]`` as additive
         mask. ``'flex'``: FlexAttention, the bias looked up from the ``[num_buckets, H]`` table per
         score; ``'flex_dense'``: FlexAttention reading a ``[H, L, L]`` bias gathered once per
-        forward. Padded batches and cached decoding steps always use SDPA. FlexAttention has no
-        attention-probability dropout, so the flex variants need ``dropout_rate`` 0 (as in
-        pre-training), and they refuse activation checkpointing: under ``torch.utils.checkpoint``
-        torch 2.7's FlexAttention returns wrong gradients for a captured tensor such as the bias
-        table (seen on CPU, where it runs unfused).
+        forward. ``'triton'``: our fused kernel (:mod:`t5composer.models.bias_attention`, CUDA),
+        the ``[1, H, L, L]`` bias added per score and its gradient summed over the batch inside
+        the kernel. Padded batches and cached decoding steps always use SDPA. Neither FlexAttention
+        nor our kernel has attention-probability dropout, so they need ``dropout_rate`` 0 (as in
+        pre-training); the flex variants also refuse activation checkpointing: under
+        ``torch.utils.checkpoint`` torch 2.7's FlexAttention returns wrong gradients for a
+        captured tensor such as the bias table (seen on CPU, where it runs unfused).
 
         Args:
             attn_impl: one of :data:`ATTN_IMPLS`.
@@ -849,8 +877,11 @@ class T5ForConditionalGeneration(nn.Module):
         if attn_impl != 'sdpa' and self.config.dropout_rate > 0:
             raise ValueError(f"attn_impl={attn_impl!r} has no attention dropout; set dropout_rate 0 "
                              f"(it is {self.config.dropout_rate}) or use attn_impl='sdpa'.")
-        if attn_impl != 'sdpa' and self.encoder.gradient_checkpointing:
+        if attn_impl in FLEX_IMPLS and self.encoder.gradient_checkpointing:
             raise ValueError(_FLEX_CHECKPOINT_ERROR.format(attn_impl))
+        if attn_impl == 'triton' and self.config.d_kv > BIAS_ATTENTION_MAX_HEAD_DIM:
+            raise ValueError(f"attn_impl='triton' takes heads of at most d_kv={BIAS_ATTENTION_MAX_HEAD_DIM}, "
+                             f"got {self.config.d_kv}; use attn_impl='sdpa'.")
         self.encoder.attn_impl = attn_impl
         self.decoder.attn_impl = attn_impl
 

@@ -23,6 +23,8 @@ from t5composer.config.schema import SNIDataConfig, TrainConfig
 from t5composer.config.validation import ConfigError
 from t5composer.data.locations import is_remote
 from t5composer.data.preflight import unconverted_split_problems
+from t5composer.models.bias_attention import bias_attention_problem
+from t5composer.models.t5 import FLEX_IMPLS
 from t5composer.optim.registry import optimizer_problems
 from t5composer.tokenization import looks_like_path
 
@@ -81,7 +83,7 @@ def preflight(cfg: TrainConfig, *, train: bool = True, dry_run_gpus: Optional[in
             what = 'does not exist' if not os.path.exists(model_path) else 'has no config.json'
             problems.append(f"model.name '{cfg.model.name}' {what}. Set model.name to a built-in config (google/t5-v1_1-small, -base, "
                             '-large, -xl, -xxl), a Hugging Face model directory with config.json, or a hub name.')
-    problems += _attn_impl_problems(cfg)
+    problems += _attn_impl_problems(cfg, on_gpu=on_gpu)
     if train:
         problems += _save_folder_problems(cfg, create=not (dry or careful))
     load_path = cfg.load_path
@@ -137,19 +139,24 @@ def _save_folder_problems(cfg: TrainConfig, *, create: bool) -> list[str]:
     return [f"save_folder '{folder}' cannot be created or written: '{existing}' {what}. Point save_folder (or run_name) elsewhere."]
 
 
-def _attn_impl_problems(cfg: TrainConfig) -> list[str]:
-    """FlexAttention (model.attn_impl flex / flex_dense) has no attention dropout and refuses activation checkpointing."""
+def _attn_impl_problems(cfg: TrainConfig, *, on_gpu: bool) -> list[str]:
+    """FlexAttention (flex / flex_dense) and our kernel (triton) have no attention dropout; flex refuses
+    activation checkpointing; triton needs a GPU (and the triton package)."""
     impl = cfg.model.attn_impl
     if impl == 'sdpa':
         return []
     problems = []
+    if impl == 'triton':
+        problem = bias_attention_problem('cuda' if on_gpu else 'cpu', 0)
+        if problem:
+            problems.append(f"model.attn_impl=triton cannot run here: {problem}. Set model.attn_impl=sdpa.")
     if cfg.model.dropout_rate is None or cfg.model.dropout_rate > 0:
         # Explicitly 0: the built-in v1.1 configs default to 0.1.
         problems.append(f"model.attn_impl={impl!r} has no attention dropout, but model.dropout_rate is {cfg.model.dropout_rate} "
                         "(null keeps the config's, 0.1 for the built-in v1.1 configs); set model.dropout_rate=0 (as pre-training "
                         'does) or model.attn_impl=sdpa.')
     fsdp = cfg.parallelism_config.fsdp if cfg.parallelism_config is not None else None
-    if cfg.model.gradient_checkpointing or (fsdp or {}).get('activation_checkpointing'):
+    if impl in FLEX_IMPLS and (cfg.model.gradient_checkpointing or (fsdp or {}).get('activation_checkpointing')):
         problems.append(f"model.attn_impl={impl!r} cannot be combined with activation checkpointing (torch 2.7's FlexAttention "
                         'gives the position table wrong gradients under it); set model.attn_impl=sdpa, or turn off '
                         'model.gradient_checkpointing / parallelism_config.fsdp.activation_checkpointing.')
