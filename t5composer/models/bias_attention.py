@@ -12,9 +12,10 @@ written once, with no atomics (the gradients are deterministic).
 Kernels (FlashAttention-2's algorithm; softmax in base 2, fp32 accumulation):
 
 - forward: one program per (query block, batch x head); the output and each row's log-sum-exp.
-- backward, three kernels reading the log-sum-exp instead of keeping the probabilities:
-  dK and dV per (key block, batch x head), dQ per (query block, batch x head), and the bias
-  gradient per (query block, key block, head), summed over the batch.
+- backward, three kernels reading the log-sum-exp instead of keeping the probabilities: dQ per
+  (query block, batch x head), which also writes each row's ``dO . O`` for the others; dK and dV
+  per (key block, batch x head); and the bias gradient per (query block, key block, head),
+  summed over the batch.
 
 Scores are ``q k^T + bias`` with no scaling (T5's convention; scale q beforehand otherwise).
 Masks travel in the bias as a large negative value (the causal mask of T5's decoder does); a
@@ -136,8 +137,7 @@ def _bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     lk = k.shape[2]
     if grad_out.stride(-1) != 1:
         grad_out = grad_out.contiguous()
-    # Delta = rowsum(dO * O): the softmax backward's per-row term, one small pass.
-    delta = (grad_out.float() * out.float()).sum(-1).contiguous()
+    delta = torch.empty_like(lse)  # written by the dQ kernel, which runs first
     dq, dk, dv = _head_view(batch, lq, heads, d, q), _head_view(batch, lk, heads, d, k), _head_view(batch, lk, heads, d, v)
     dbias = torch.empty(heads, lq, lk, dtype=torch.float32, device=q.device)
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -145,14 +145,14 @@ def _bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
                grad_out.stride(0), grad_out.stride(1), grad_out.stride(2))
     common = {'D': _tile_dim(d), 'PRECISION': _precision(q.dtype)}
 
+    kernel, fixed = _kernel('dq')
+    kernel[lambda meta: (-(-lq // meta['BLOCK_M']), batch * heads)](
+        q, k, v, bias, grad_out, lse, delta, dq, out, *strides, dq.stride(0), dq.stride(1), dq.stride(2),
+        out.stride(0), out.stride(1), out.stride(2), heads, lq, lk, d, **common, **fixed)
     kernel, fixed = _kernel('dkdv')
     kernel[lambda meta: (-(-lk // meta['BLOCK_N']), batch * heads)](
         q, k, v, bias, grad_out, lse, delta, dk, dv, *strides,
         dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
-        heads, lq, lk, d, **common, **fixed)
-    kernel, fixed = _kernel('dq')
-    kernel[lambda meta: (-(-lq // meta['BLOCK_M']), batch * heads)](
-        q, k, v, bias, grad_out, lse, delta, dq, *strides, dq.stride(0), dq.stride(1), dq.stride(2),
         heads, lq, lk, d, **common, **fixed)
     kernel, fixed = _kernel('dbias')
     kernel[lambda meta: (-(-lq // meta['BLOCK_M']), -(-lk // meta['BLOCK_N']), heads)](

@@ -124,11 +124,15 @@ def dkdv(Q, K, V, Bias, dO, Lse, Delta, dK, dV,
 
 
 @triton.jit
-def dq(Q, K, V, Bias, dO, Lse, Delta, dQ,
-       sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sbh, sbm, sdob, sdoh, sdom, sdqb, sdqh, sdqm,
+def dq(Q, K, V, Bias, dO, Lse, Delta, dQ, Out,
+       sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sbh, sbm, sdob, sdoh, sdom, sdqb, sdqh, sdqm, sob, soh, som,
        H, Lq, Lk, d,
        D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
-    """dQ of one query block of one (batch row, head), looping over the key blocks."""
+    """dQ of one query block of one (batch row, head), looping over the key blocks.
+
+    Runs first of the backward kernels: it also writes the block's ``Delta`` (the rows' ``dO . O``,
+    the softmax backward's per-row term) for the other two to read.
+    """
     row = tl.program_id(0) * BLOCK_M
     b = (tl.program_id(1) // H).to(tl.int64)
     h = tl.program_id(1) % H
@@ -140,7 +144,9 @@ def dq(Q, K, V, Bias, dO, Lse, Delta, dQ,
     q = load_rows(Q + b * sqb + h * sqh, sqm, row, Lq, d, BLOCK_M, D)
     do = load_rows(dO + b * sdob + h * sdoh, sdom, row, Lq, d, BLOCK_M, D)
     lse = tl.load(Lse + (b * H + h) * Lq + rows, mask=rows_ok, other=0.0)
-    delta = tl.load(Delta + (b * H + h) * Lq + rows, mask=rows_ok, other=0.0)
+    o = load_rows(Out + b * sob + h * soh, som, row, Lq, d, BLOCK_M, D)
+    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+    tl.store(Delta + (b * H + h) * Lq + rows, delta, mask=rows_ok)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
     for col in range(0, Lk, BLOCK_N):
         cols_ok = col + tl.arange(0, BLOCK_N) < Lk
