@@ -48,7 +48,8 @@
 # Knobs (environment): MODEL_VARIANTS, MODEL_MICROBATCH, MODEL_REPEATS (5), LOOP_STEPS (60),
 # LOOP_ATTN (model.attn_impl of the loop: sdpa; triton for our kernel), LOOP_PROBE (the loop_probe windows, key=value), LOOP_BARE_VARIANT (the model
 # case's row the loop is compared with: sdpa+compile+opt; sdpa+compile+eageropt for a loop with
-# LOOP_OVERRIDES=optimizer.compiled=false, sdpa+opt for an eager loop, LOOP_OVERRIDES=compile=false),
+# LOOP_OVERRIDES=optimizer.compiled=false, sdpa+compile+fusedopt for optimizer.fused=true, sdpa+opt for an
+# eager loop, LOOP_OVERRIDES=compile=false),
 # LOOP_BOX, OPT_BOX, MODEL_BOX (seconds), RESULTS_DIR (bench/results), SKIP_MODEL=1, SKIP_OPT=1,
 # SKIP_LOOP=1, OPTIONS=1, OPTIONS_VARIANTS, SCALING=1, SCALING_ARGS (extra --scaling-* options);
 # for the CPU test of part 2 (tests/test_bench_model.py) LOOP_TOKENIZER, LOOP_INPUT_LENGTH,

@@ -16,7 +16,8 @@ static), ``+closs`` (compile the fp32 cross-entropy together with the model, whe
 compiles the model's forward only), ``+opt`` (the whole bare training step: also gradient
 clipping at norm 1.0 and an adamwscale step taking the non-finite flag, as the loop runs them,
 compiled with ``+compile``: what Composer's loop adds its overhead to), ``+eageropt`` (``+opt`` with
-the optimizer's eager multi-tensor step even when compiling, as ``optimizer.compiled: false`` runs). On CPU
+the optimizer's eager multi-tensor step even when compiling, as ``optimizer.compiled: false`` runs), ``+fusedopt``
+(``+opt`` with the optimizer's fused Triton step, as ``optimizer.fused: true`` runs; CUDA). On CPU
 every variant runs for each thread count of ``--model-threads``, and the variants' steps are
 interleaved (a changing load hits them alike); on CUDA each variant runs in turn. Under
 transformers 5, which ties the lm_head of every freshly built T5, the transformers model's lm_head
@@ -363,7 +364,7 @@ def bias_attention_timing(device: str, *, dtype: torch.dtype, heads: int, d_kv: 
 
 
 # Variant flags; those of the second line imply 'compile'.
-FLAGS = ('compile', 'ckpt', 'opt', 'eageropt',
+FLAGS = ('compile', 'ckpt', 'opt', 'eageropt', 'fusedopt',
          'autotune', 'cudagraphs', 'closs')
 COMPILE_FLAGS = {'autotune', 'cudagraphs', 'closs'}
 
@@ -376,7 +377,7 @@ def _parse_variant(spec: str) -> tuple[str, set[str]]:
     if unknown:
         raise ValueError(f'unknown flags {sorted(unknown)} in model variant {spec!r} ({", ".join(FLAGS)})')
     flags = set(flags)
-    if 'eageropt' in flags:
+    if flags & {'eageropt', 'fusedopt'}:
         flags.add('opt')
     if flags & COMPILE_FLAGS:
         flags.add('compile')  # a compile mode, or the loss in the compiled function, means compiling
@@ -461,7 +462,8 @@ def build_variant(
         from t5composer.optim import build_optimizer
 
         # pt_base's optimizer, compiled with the model as compile: true does.
-        optimizer = build_optimizer(model, name='adamwscale', lr=2e-2, compile_step='compile' in flags and 'eageropt' not in flags)
+        optimizer = build_optimizer(model, name='adamwscale', lr=2e-2, compile_step='compile' in flags and 'eageropt' not in flags,
+                                    fused='fusedopt' in flags)
     params = [p for p in model.parameters() if p.requires_grad]
     n = batch['input_ids'].shape[0]
     chunks = [{k: v[i:i + microbatch] for k, v in batch.items()} for i in range(0, n, microbatch)]

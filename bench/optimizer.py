@@ -14,6 +14,8 @@ gradients from one real forward + backward pass of the model (``--optimizer-step
 - ``adamwscale+compile``: the same with ``compiled=True`` (what ``compile: true`` recipes run):
   the update of each tensor is one fused pass. Its first step compiles (printed as ``compile s``;
   minutes on a CPU for T5-base, seconds with a warm inductor cache).
+- ``adamwscale+fused``: the same with ``fused=True`` (``optimizer.fused: true``): the update of
+  every tensor of a group in one Triton kernel launch. CUDA only (not in the CPU default).
 
 Each variant has its own optimizer state over the same weights (which drift from step to step;
 the work does not change). On CPU the variants' steps are interleaved, as in the ``model`` case,
@@ -54,7 +56,8 @@ COLUMNS = (
     ('peak_mib', 'peak MiB', '{:,.0f}'),
 )
 
-VARIANTS = ('nanot5', 'adamwscale', 'adamwscale+compile')
+VARIANTS = ('nanot5', 'adamwscale', 'adamwscale+compile', 'adamwscale+fused')
+CPU_VARIANTS = VARIANTS[:3]  # the fused kernel runs on CUDA
 
 
 class NanoT5AdamWScale(torch.optim.Optimizer):
@@ -111,7 +114,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     """Add the case's ``--optimizer-*`` options to ``parser``."""
     g = parser.add_argument_group('optimizer')
     g.add_argument('--optimizer-model', default='google/t5-v1_1-base', help='preset or config dir whose parameter shapes are stepped')
-    g.add_argument('--optimizer-variants', default=','.join(VARIANTS), help=f'comma-separated, of {", ".join(VARIANTS)}')
+    g.add_argument('--optimizer-variants', default=None,
+                   help=f'comma-separated, of {", ".join(VARIANTS)} (default: all on cuda, {", ".join(CPU_VARIANTS)} on cpu)')
     g.add_argument('--optimizer-threads', type=int, default=1, help='torch CPU threads (CPU only; default 1)')
     g.add_argument('--optimizer-step-batch', type=int, default=None,
                    help='rows of the forward + backward pass that makes the gradients and is timed for the share of a step '
@@ -125,8 +129,9 @@ def _variant_optimizer(name: str, model: torch.nn.Module) -> torch.optim.Optimiz
 
     if name == 'nanot5':
         return NanoT5AdamWScale(param_groups(model, weight_decay=0.0), lr=2e-2)
-    if name in ('adamwscale', 'adamwscale+compile'):
-        return build_optimizer(model, name='adamwscale', lr=2e-2, compile_step=name.endswith('+compile'))
+    if name in ('adamwscale', 'adamwscale+compile', 'adamwscale+fused'):
+        fused = {'fused': True} if name.endswith('+fused') else {}
+        return build_optimizer(model, name='adamwscale', lr=2e-2, compile_step=name.endswith('+compile'), **fused)
     raise ValueError(f'unknown optimizer variant {name!r} ({", ".join(VARIANTS)})')
 
 
@@ -141,7 +146,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     device = args.device
     on_cuda = device == 'cuda'
-    names = [v.strip() for v in args.optimizer_variants.split(',') if v.strip()]
+    names = [v.strip() for v in (args.optimizer_variants or ','.join(VARIANTS if on_cuda else CPU_VARIANTS)).split(',') if v.strip()]
     for name in names:
         if name not in VARIANTS:
             raise ValueError(f'unknown optimizer variant {name!r} ({", ".join(VARIANTS)})')
@@ -235,7 +240,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             'variant': name, 'threads': threads, 'step_ms': median * 1e3, 'times_ms': [t * 1e3 for t in times[name]],
             'gb_per_s': moved_bytes / median / 1e9, 'peak_mib': peaks[name], 'model': args.optimizer_model,
             'tensors': len(params), 'weights': numel, 'torch': torch.__version__, 'interleaved': not on_cuda,
-            'compile_s': first[name] - median if name.endswith('+compile') else None,
+            'compile_s': first[name] - median if name.endswith(('+compile', '+fused')) else None,
             'forward_backward_s': forward_backward_s, 'step_batch': step_batch or None,
             'share_of_step': median / (forward_backward_s + median) if forward_backward_s else None,
         })

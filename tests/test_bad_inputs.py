@@ -823,6 +823,9 @@ CASES = [
     Case('triton-attention-on-cpu', 'model.attn_impl=triton on a CPU',
          checked('model.attn_impl=triton', 'model.dropout_rate=0', setup=lambda env: env.monkeypatch.delenv('TRITON_INTERPRET', raising=False)),
          'its kernels run on CUDA', 'model.attn_impl=triton cannot run here', 'Set model.attn_impl=sdpa'),
+    Case('optimizer-fused-on-cpu', 'optimizer.fused=true on a CPU',
+         checked('optimizer.fused=true', setup=lambda env: env.monkeypatch.delenv('TRITON_INTERPRET', raising=False)),
+         'its kernels run on CUDA', 'optimizer.fused=true cannot run here', 'Set optimizer.fused=false'),
     # Names of components (preflight, before the model is built).
     Case('optimizer-unknown', 'optimizer.name=adamwscal', checked('optimizer.name=adamwscal'),
          'is not a registered optimizer', "'optimizer.name' 'adamwscal'", "Did you mean 'adamwscale'?"),

@@ -105,9 +105,10 @@ def test_fsdp_units_give_the_gradients_and_adamwscale_step_of_the_unwrapped_mode
         assert r['compared'] == r['parameters']
         assert r['max_grad_diff'] < 1e-5, r
         # The step of 1e-2 x RMS per weight matches when the RMS is the whole tensor's, not when a
-        # shard's; the compiled step on shards too; a flagged step moves nothing.
+        # shard's; the compiled step and our fused kernel on shards too; a flagged step moves nothing.
         assert r['max_step_diff_sharded_rms'] < 1e-6 < 1e-4 < r['max_step_diff_shard_local_rms'], r
         assert r['max_step_diff_sharded_rms_compiled'] < 1e-6 and r['max_change_flagged_step'] == 0.0, r
+        assert r['max_step_diff_sharded_rms_fused'] < 1e-6 and r['max_change_flagged_step_fused'] == 0.0, r
         # The step's gradient norm (clipping, the guard, nanot5_log's Grad_l2) and Weights_l2 over
         # shards: the whole model's, not this rank's part; clipping with it is FSDP's clip_grad_norm_.
         assert r['copies'] == 1 and r['grad_l2_diff'] < 1e-4 and r['weights_l2_diff'] < 1e-3, r

@@ -213,6 +213,12 @@ def test_compiled_runs_compile_the_adamwscale_step_unless_the_config_says_otherw
     assert build_optimizer(model, name='adamwscale', lr=1e-2, compile_step=True, compiled=False).compiled is False
     assert build_optimizer(model, name='adamwscale', lr=1e-2, compiled=True).compiled is True
     assert isinstance(build_optimizer(model, name='adamw', lr=1e-2, compile_step=True), torch.optim.AdamW)
+    # optimizer.fused: true (our Triton kernel) takes precedence over the compiled update.
+    fused = build_optimizer(model, name='adamwscale', lr=1e-2, compile_step=True, fused=True)
+    assert fused.fused is True and fused._apply is not None
+    from t5composer.optim.adamwscale import _apply_eagerly
+
+    assert fused._apply is _apply_eagerly  # not a compiled graph: the fused path never calls it
 
 
 @pytest.mark.parametrize('name', ['adamwscale', 'adamw', 'adafactor'])
@@ -348,9 +354,15 @@ def _train(optimizer, groups, grads, *, flag: bool | None) -> None:
         optimizer.step()
 
 
-@pytest.mark.parametrize('compiled', [False, pytest.param(True, marks=pytest.mark.slow)], ids=['eager', 'compiled'])
+# How the elementwise update runs: eagerly (multi-tensor ops), compiled, or as our one Triton
+# kernel per group (on a CPU in Triton's interpreter, which conftest.py turns on without a GPU).
+IMPLEMENTATIONS = [pytest.param({}, id='eager'), pytest.param({'compiled': True}, id='compiled', marks=pytest.mark.slow),
+                   pytest.param({'fused': True}, id='fused')]
+
+
+@pytest.mark.parametrize('implementation', IMPLEMENTATIONS)
 @pytest.mark.parametrize('flag', [None, False], ids=['no_flag', 'flag_false'])
-def test_step_equals_nanot5s_per_parameter_loop(compiled, flag):
+def test_step_equals_nanot5s_per_parameter_loop(implementation, flag):
     # The reference is nanoT5's own loop (bench/optimizer.py, also the benchmark's
     # baseline); the previous implementation here was the same math, parameter by parameter.
     from bench.optimizer import NanoT5AdamWScale
@@ -359,7 +371,7 @@ def test_step_equals_nanot5s_per_parameter_loop(compiled, flag):
     grads = _gradients(groups, steps=4)
     reference = NanoT5AdamWScale(ref_groups, lr=2e-2)
     _train(reference, ref_groups, grads, flag=None)
-    ours = AdamWScale(groups, lr=2e-2, compiled=compiled)
+    ours = AdamWScale(groups, lr=2e-2, **implementation)
     _train(ours, groups, grads, flag=flag)
     for grp_ref, grp in zip(ref_groups, groups):
         for p_ref, p in zip(grp_ref['params'], grp['params']):
@@ -373,16 +385,16 @@ def test_step_equals_nanot5s_per_parameter_loop(compiled, flag):
     assert moved > 1e-3  # the comparison is of weights that did move
 
 
-@pytest.mark.parametrize('compiled', [False, pytest.param(True, marks=pytest.mark.slow)], ids=['eager', 'compiled'])
-def test_a_flagged_step_leaves_every_bit_and_the_next_step_is_as_if_it_never_was(compiled):
+@pytest.mark.parametrize('implementation', IMPLEMENTATIONS)
+def test_a_flagged_step_leaves_every_bit_and_the_next_step_is_as_if_it_never_was(implementation):
     # The non-finite guard's flag: the weights, moments and step counts of a flagged step stay
     # bit-identical (the gradients may be NaN), and the run then continues exactly as a run that
     # never saw that batch.
     groups, clean_groups = _groups_of_params(), _groups_of_params()
     grads = _gradients(groups, steps=3)
     poisoned = [grads[0], [torch.full_like(g, float('nan')) if i % 2 else g * 1e30 for i, g in enumerate(grads[1])], grads[2]]
-    opt = AdamWScale(groups, lr=1e-2, compiled=compiled)
-    clean = AdamWScale(clean_groups, lr=1e-2, compiled=compiled)
+    opt = AdamWScale(groups, lr=1e-2, **implementation)
+    clean = AdamWScale(clean_groups, lr=1e-2, **implementation)
     params = [p for grp in groups for p in grp['params']]
     for k, (step_grads, bad) in enumerate(zip(poisoned, (False, True, False))):
         for p, grad in zip(params, step_grads):
@@ -475,3 +487,76 @@ def test_eager_step_is_bitwise_the_per_tensor_step(monkeypatch, chunked):
                 assert torch.equal(p, q), k
                 for name in ('step', 'exp_avg', 'exp_avg_sq'):
                     assert torch.equal(ours.state[p][name], reference.state[q][name]), (k, name)
+
+
+def test_fused_step_follows_gradients_that_move_and_that_stay():
+    """The kernel's address table is rebuilt when the gradients' memory changes and reused when it does not."""
+    groups, ref_groups = _groups_of_params(), _groups_of_params()
+    grads = _gradients(groups, steps=4)
+    fused, eager = AdamWScale(groups, lr=2e-2, fused=True), AdamWScale(ref_groups, lr=2e-2)
+    params, ref_params = [p for grp in groups for p in grp['params']], [p for grp in ref_groups for p in grp['params']]
+    tables = []
+    for k, step_grads in enumerate(grads):
+        for p, q, grad in zip(params, ref_params, step_grads):
+            if k < 2:  # fresh tensors, as when gradients are set to None between steps
+                p.grad, q.grad = grad.clone(), grad.clone()
+            else:  # the same memory, as when they are zeroed in place
+                p.grad.copy_(grad)
+                q.grad.copy_(grad)
+        fused.step()
+        eager.step()
+        tables.append(fused._fused_tables[0]['addresses'])
+        for p, q in zip(params, ref_params):
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6 * float(q.abs().max()))
+    assert tables[2] is tables[3]  # unchanged memory: the table is reused
+
+
+def test_fused_step_refuses_what_its_kernel_cannot_take(monkeypatch):
+    half = nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
+    half.grad = torch.ones_like(half)
+    with pytest.raises(RuntimeError, match='contiguous fp32 tensors.*weight is torch.bfloat16.*set optimizer.fused=false'):
+        AdamWScale([half], lr=0.1, fused=True).step()
+    param = nn.Parameter(torch.ones(4))
+    param.grad = torch.ones(4)
+    if not torch.cuda.is_available():
+        monkeypatch.delenv('TRITON_INTERPRET', raising=False)
+        with pytest.raises(RuntimeError, match='run on CUDA.*set optimizer.fused=false'):
+            AdamWScale([param], lr=0.1, fused=True).step()
+
+
+def test_fused_step_issues_the_same_few_ops_for_any_number_of_tensors(monkeypatch):
+    """One kernel launch per group for the elementwise update; the step sizes and the RMS are
+    multi-tensor ops: the work issued does not grow with the tensor count (the eager step's
+    three selects per tensor for the skip flag do)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from t5composer.optim import adamwscale_kernel
+
+    class CountKernelOps(TorchDispatchMode):
+        """aten ops that launch work (views and allocations left out)."""
+
+        def __init__(self):
+            super().__init__()
+            self.count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not any(k in str(func) for k in ('detach', 'view', 'unbind', 'select', 'alias', 'empty', 'set_', 'lift_fresh')):
+                self.count += 1
+            return func(*args, **(kwargs or {}))
+
+    launches = []
+    monkeypatch.setattr(adamwscale_kernel, 'launch', lambda *args, **kwargs: launches.append(args))
+    counts = {}
+    for n in (10, 200):
+        params = [nn.Parameter(torch.randn(64)) for _ in range(n)]
+        opt = AdamWScale([{'params': params[: n // 2], 'weight_decay': 0.01}, {'params': params[n // 2:]}], lr=1e-2, fused=True)
+        for _ in range(2):  # the second step: state and tables exist
+            for p in params:
+                p.grad = torch.randn(64)
+            opt.skip_next_step_if(torch.tensor(False))
+            launches.clear()
+            with CountKernelOps() as ops:
+                opt.step()
+        counts[n] = ops.count
+        assert len(launches) == 2  # one per group
+    assert counts[10] == counts[200] < 60, counts

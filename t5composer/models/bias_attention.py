@@ -30,10 +30,9 @@ on a CPU only under ``TRITON_INTERPRET=1`` (Triton's interpreter: for tests, slo
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import torch
+
+from t5composer.triton_runtime import interpreting, triton_problem
 
 __all__ = ['BIAS_ATTENTION_MAX_HEAD_DIM', 'bias_attention', 'bias_attention_problem']
 
@@ -41,10 +40,6 @@ __all__ = ['BIAS_ATTENTION_MAX_HEAD_DIM', 'bias_attention', 'bias_attention_prob
 # 128 a tile of fp32 partial sums no longer fits the registers.
 BIAS_ATTENTION_MAX_HEAD_DIM = 128
 
-
-
-def _interpreting() -> bool:
-    return os.environ.get('TRITON_INTERPRET', '0') == '1'
 
 
 def bias_attention_problem(device: torch.device | str, head_dim: int) -> str | None:
@@ -56,18 +51,14 @@ def bias_attention_problem(device: torch.device | str, head_dim: int) -> str | N
     """
     if head_dim > BIAS_ATTENTION_MAX_HEAD_DIM:
         return f'its kernels take heads of at most {BIAS_ATTENTION_MAX_HEAD_DIM} (d_kv), got {head_dim}'
-    if importlib.util.find_spec('triton') is None:
-        return 'it needs the triton package (installed with the CUDA build of torch)'
-    if torch.device(device).type != 'cuda' and not _interpreting():
-        return f'its kernels run on CUDA (a CPU only under TRITON_INTERPRET=1, for tests), not {torch.device(device).type}'
-    return None
+    return triton_problem(device)
 
 
 def _kernel(name: str) -> tuple:
     """A kernel and its fixed tile sizes, imported on first use (needs triton)."""
     from t5composer.models import bias_attention_kernels
 
-    if bias_attention_kernels.INTERPRET != _interpreting():
+    if bias_attention_kernels.INTERPRET != interpreting():
         loaded = 'interpreted' if bias_attention_kernels.INTERPRET else 'compiled'
         raise RuntimeError(f'The bias_attention kernels were loaded {loaded}, and TRITON_INTERPRET has changed since; '
                            'one process runs them one way.')

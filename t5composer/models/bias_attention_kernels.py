@@ -7,12 +7,13 @@ launch (autotuned on the GPU, fixed small tiles in the interpreter).
 """
 
 import functools
-import os
 
 import triton
 import triton.language as tl
 
-INTERPRET = os.environ.get('TRITON_INTERPRET', '0') == '1'
+from t5composer.triton_runtime import interpreting
+
+INTERPRET = interpreting()
 
 
 @triton.jit

@@ -10,6 +10,8 @@ update). Each is written once for the two ways it runs: eagerly (the ops of nano
 through ``torch.compile`` (``compiled=True``), which turns the update of each tensor into one
 pass over its memory. Python numbers in them are per-group constants; everything that changes
 between steps (lr, step counts, the skip flag) is a tensor, so the compiled step never recompiles.
+With ``fused=True`` the elementwise update is instead one Triton kernel over every tensor of the
+group (:mod:`t5composer.optim.adamwscale_kernel`, CUDA): the same arithmetic, one launch.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from torch.optim import Optimizer
 
 from t5composer.learning_rate import check_learning_rate
+from t5composer.triton_runtime import interpreting, triton_problem
 
 __all__ = ['AdamWScale', 'adamwscale_apply', 'adamwscale_step_sizes']
 
@@ -35,8 +38,8 @@ def adamwscale_step_sizes(
     *,
     beta1: float,
     beta2: float,
-) -> list[torch.Tensor]:
-    """Advance each parameter's step count (unless ``found``) and return its step size, all on the device.
+) -> torch.Tensor:
+    """Advance each parameter's step count (unless ``found``) and return the step sizes, all on the device.
 
     ``step_size = lr * sqrt(1 - b2^t) / (1 - b1^t) * max(1e-3, RMS(p))``, the bias correction in
     float64 as the Python floats it replaces, then in the parameters' dtype. The scalars of all
@@ -48,6 +51,9 @@ def adamwscale_step_sizes(
         lr: the group's learning rate (0-dim float64 on the parameters' device).
         found: 0-dim bool tensor; where true the counts stay; None: always count.
         beta1, beta2: the group's betas.
+
+    Returns:
+        The step size of each parameter, one vector.
     """
     if found is None:
         torch._foreach_add_(steps, 1.0)
@@ -56,7 +62,7 @@ def adamwscale_step_sizes(
     t = torch.stack(steps).double()
     bias_corrected_lr = lr * torch.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
     r = torch.stack(rms)  # a group mixing dtypes gets the widest one's scalars
-    return list((r.clamp_min(1e-3) * bias_corrected_lr.to(r.dtype)).unbind())
+    return r.clamp_min(1e-3) * bias_corrected_lr.to(r.dtype)
 
 
 def adamwscale_apply(
@@ -80,7 +86,7 @@ def adamwscale_apply(
     Args:
         params, grads, exp_avgs, exp_avg_sqs: per tensor (or slice of one): the weights, their
             gradients and the two moments (updated in place).
-        step_sizes: per tensor, from :func:`adamwscale_step_sizes`.
+        step_sizes: per tensor (0-dim), from :func:`adamwscale_step_sizes`.
         decay: ``-lr * weight_decay`` (0-dim, the parameters' dtype), or None without weight decay.
         found: 0-dim bool tensor: where true, weights and moments stay exactly as they are (the
             step is skipped on the device, as fused Adam does with GradScaler's ``found_inf``);
@@ -192,6 +198,9 @@ class AdamWScale(Optimizer):
             take each RMS over the whole tensor across processes. Every process must call
             ``step`` (it is a collective when ``torch.distributed`` runs more than one process).
         compiled: run the update through ``torch.compile`` (one fused pass per tensor).
+        fused: run the elementwise update as one Triton kernel over all of a group's tensors
+            (CUDA, fp32 parameters; one launch per group instead of one or more per tensor);
+            takes precedence over ``compiled``.
     """
 
     def __init__(
@@ -204,23 +213,27 @@ class AdamWScale(Optimizer):
         weight_decay: float = 0.0,
         sharded_params: bool = False,
         compiled: bool = False,
+        fused: bool = False,
     ) -> None:
         _validate(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         defaults = {'lr': lr, 'betas': tuple(betas), 'eps': eps, 'weight_decay': weight_decay}
         super().__init__(params, defaults)
         self.sharded_params = bool(sharded_params)
         self.compiled = bool(compiled)
+        self.fused = bool(fused)
         for group in self.param_groups:
             # Groups may override defaults; check them too.
             _validate(lr=group['lr'], betas=group['betas'], eps=group['eps'], weight_decay=group['weight_decay'])
         self._found: Optional[torch.Tensor] = None
         self._lr: dict[int, torch.Tensor] = {}  # per group: its lr as a device tensor, refilled every step
         self._numels: dict[tuple, torch.Tensor] = {}  # element counts as device vectors, per list of tensors
+        self._fused_tables: dict[int, dict[str, Any]] = {}  # per group: the fused kernel's tables
         # Compiled, the step sizes (per-tensor scalars) and the elementwise update are two graphs:
         # in one, inductor would recompute the scalars inside every tensor's loop.
         fuse = functools.partial(torch.compile, fullgraph=True, dynamic=False)
-        self._step_sizes = fuse(adamwscale_step_sizes) if self.compiled else adamwscale_step_sizes
-        self._apply = fuse(adamwscale_apply) if self.compiled else _apply_eagerly
+        compiled = self.compiled and not self.fused
+        self._step_sizes = fuse(adamwscale_step_sizes) if compiled else adamwscale_step_sizes
+        self._apply = fuse(adamwscale_apply) if compiled else _apply_eagerly
 
     def skip_next_step_if(self, found: torch.Tensor) -> None:
         """Make the next :meth:`step` leave weights, moments and step counts unchanged if ``found`` is true.
@@ -300,9 +313,44 @@ class AdamWScale(Optimizer):
             beta1, beta2 = group['betas']
             sizes = self._step_sizes([s['step'] for s in states], [rms[id(p)] for p in params], lr, found, beta1=beta1, beta2=beta2)
             decay = (-lr * group['weight_decay']).to(params[0].dtype) if group['weight_decay'] > 0.0 else None
-            self._apply([p.detach() for p in params], [p.grad for p in params], [s['exp_avg'] for s in states],
-                        [s['exp_avg_sq'] for s in states], sizes, decay, found, beta1=beta1, beta2=beta2, eps=group['eps'])
+            moments = ([s['exp_avg'] for s in states], [s['exp_avg_sq'] for s in states])
+            if self.fused:  # the kernel takes addresses: no detached views needed
+                self._apply_fused(index, (params, [p.grad for p in params], *moments), sizes, decay, found,
+                                  beta1=beta1, beta2=beta2, eps=group['eps'])
+            else:
+                self._apply([p.detach() for p in params], [p.grad for p in params], *moments, list(sizes.unbind()), decay, found,
+                            beta1=beta1, beta2=beta2, eps=group['eps'])
         return loss
+
+    def _apply_fused(self, index: int, tensors: tuple[list[torch.Tensor], ...], step_sizes: torch.Tensor,
+                     decay: Optional[torch.Tensor], found: Optional[torch.Tensor], *, beta1: float, beta2: float, eps: float) -> None:
+        """The elementwise update of group ``index`` as one kernel launch (see :mod:`t5composer.optim.adamwscale_kernel`).
+
+        Its tables (the tensors' addresses, their tiles and sizes) are built when the group's
+        tensors change, which with gradients set to None between steps is whenever the allocator
+        hands out different memory; the addresses travel in a pinned, non-blocking copy.
+        """
+        problem = fused_step_problem(tensors)
+        if problem:
+            raise RuntimeError(f'AdamWScale(fused=True) cannot step: {problem}; set optimizer.fused=false.')
+        from t5composer.optim import adamwscale_kernel as kernel
+
+        if kernel.INTERPRET != interpreting():
+            raise RuntimeError('The adamwscale kernel was loaded with TRITON_INTERPRET as it no longer is; one process runs it one way.')
+        device = tensors[0][0].device
+        numels = tuple(p.numel() for p in tensors[0])
+        cached = self._fused_tables.get(index)
+        if cached is None or cached['numels_key'] != (numels, device):
+            cached = self._fused_tables[index] = {
+                'numels_key': (numels, device), 'tiles': kernel.tiles(list(numels), device),
+                'numels': torch.tensor(numels, dtype=torch.int64).to(device), 'addresses_key': None,
+            }
+        addresses_key = tuple(t.data_ptr() for row in tensors for t in row)
+        if cached['addresses_key'] != addresses_key:
+            cached['addresses'], cached['addresses_key'] = kernel.addresses(list(tensors), device), addresses_key
+            cached['aligned'] = all(address % 16 == 0 for address in addresses_key)
+        kernel.launch(cached['addresses'], cached['tiles'], cached['numels'], step_sizes, decay, found,
+                      aligned=cached['aligned'], beta1=beta1, beta2=beta2, eps=eps)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load optimizer state; ``step`` becomes a 0-dim float32 tensor on its parameter's device.
@@ -317,6 +365,20 @@ class AdamWScale(Optimizer):
                 step = state['step']
                 step = step.detach().reshape(()) if torch.is_tensor(step) else torch.tensor(float(step))
                 state['step'] = step.to(device=p.device, dtype=torch.float32)
+
+
+def fused_step_problem(tensors: tuple[list[torch.Tensor], ...]) -> Optional[str]:
+    """Why the fused kernel cannot update ``tensors`` (weights, gradients, both moments), or None."""
+    device = tensors[0][0].device
+    problem = triton_problem(device)
+    if problem:
+        return problem
+    for row, what in zip(tensors, ('weight', 'gradient', 'exp_avg', 'exp_avg_sq')):
+        for t in row:
+            if t.dtype != torch.float32 or not t.is_contiguous() or t.device != device:
+                return (f'it takes contiguous fp32 tensors on one device, and a {what} is {t.dtype}, '
+                        f'{"contiguous" if t.is_contiguous() else "strided"}, on {t.device}')
+    return None
 
 
 def _validate(*, lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> None:

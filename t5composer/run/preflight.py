@@ -27,6 +27,7 @@ from t5composer.models.bias_attention import bias_attention_problem
 from t5composer.models.t5 import FLEX_IMPLS
 from t5composer.optim.registry import optimizer_problems
 from t5composer.tokenization import looks_like_path
+from t5composer.triton_runtime import triton_problem
 
 __all__ = ['preflight']
 
@@ -102,6 +103,10 @@ def preflight(cfg: TrainConfig, *, train: bool = True, dry_run_gpus: Optional[in
     # above named one of them, its trial build could only say it again.
     restated = any(m.startswith(("'optimizer.lr'", "'optimizer.weight_decay'")) for m in value_named)
     problems += optimizer_problems(o.name, lr=o.lr, weight_decay=o.weight_decay, kwargs=o.kwargs, build=not restated)
+    if o.kwargs.get('fused') is True:
+        problem = triton_problem('cuda' if on_gpu else 'cpu')
+        if problem:
+            problems.append(f'optimizer.fused=true cannot run here: {problem}. Set optimizer.fused=false.')
     # The schedules subclass Composer's scheduler (seconds to import); every command line imports this module.
     from t5composer.optim.schedulers import scheduler_problems
 

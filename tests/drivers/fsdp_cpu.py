@@ -92,20 +92,22 @@ def _rank(rank: int, world: int, port: int) -> None:
         for p, g in zip(params, grads):
             p.grad.copy_(g)
         # adamwscale on the shards: with sharded_params its RMS is the whole tensor's, so the
-        # step equals the unwrapped model's (eager or compiled, with the non-finite flag or
-        # without); without it each shard scales by its own RMS. A flagged step changes nothing.
+        # step equals the unwrapped model's (eager, compiled or our fused kernel, with the non-finite
+        # flag or without); without it each shard scales by its own RMS. A flagged step changes nothing.
         from t5composer.optim import AdamWScale
 
         AdamWScale(reference.parameters(), lr=1e-2).step()
         start = [p.detach().clone() for p in wrapped.parameters()]
-        for key, sharded_params, compiled, flag in (('max_step_diff_sharded_rms', True, False, None),
-                                                    ('max_step_diff_sharded_rms_compiled', True, True, False),
-                                                    ('max_step_diff_shard_local_rms', False, False, None),
-                                                    ('max_change_flagged_step', True, True, True)):
+        for key, sharded_params, implementation, flag in (('max_step_diff_sharded_rms', True, {}, None),
+                                                          ('max_step_diff_sharded_rms_compiled', True, {'compiled': True}, False),
+                                                          ('max_step_diff_sharded_rms_fused', True, {'fused': True}, False),
+                                                          ('max_step_diff_shard_local_rms', False, {}, None),
+                                                          ('max_change_flagged_step', True, {'compiled': True}, True),
+                                                          ('max_change_flagged_step_fused', True, {'fused': True}, True)):
             with torch.no_grad():
                 for p, p0 in zip(wrapped.parameters(), start):
                     p.copy_(p0)
-            optimizer = AdamWScale(wrapped.parameters(), lr=1e-2, sharded_params=sharded_params, compiled=compiled)
+            optimizer = AdamWScale(wrapped.parameters(), lr=1e-2, sharded_params=sharded_params, **implementation)
             if flag is not None:
                 optimizer.skip_next_step_if(torch.tensor(flag))
             optimizer.step()

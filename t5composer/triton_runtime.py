@@ -1,0 +1,33 @@
+"""Where this project's Triton kernels run: on CUDA, or on a CPU in Triton's interpreter (tests).
+
+``triton.jit`` reads ``TRITON_INTERPRET`` when a function is decorated, so a process runs the
+kernels one way; the kernel modules record which at import.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+__all__ = ['interpreting', 'triton_problem']
+
+
+def interpreting() -> bool:
+    """Triton's interpreter is on (``TRITON_INTERPRET=1``): kernels run on CPU tensors, slowly."""
+    return os.environ.get('TRITON_INTERPRET', '0') == '1'
+
+
+def triton_problem(device: torch.device | str) -> str | None:
+    """Why our Triton kernels cannot run on ``device``, or None if they can.
+
+    Args:
+        device: where the tensors live.
+    """
+    if importlib.util.find_spec('triton') is None:
+        return 'it needs the triton package (installed with the CUDA build of torch)'
+    kind = torch.device(device).type
+    if kind != 'cuda' and not interpreting():
+        return f'its kernels run on CUDA (a CPU only under TRITON_INTERPRET=1, for tests), not {kind}'
+    return None
