@@ -51,6 +51,15 @@ def shared_data(*parts: str) -> Path:
     return path
 
 
+@pytest.fixture
+def large_interpreter_tiles(monkeypatch):
+    """Model-level runs of our Triton kernels in the interpreter: tiles of 64, so fewer programs run
+    (the kernel tests keep 16, to cross blocks and ragged edges). No effect when they run compiled."""
+    from t5composer.models import bias_attention_kernels
+
+    monkeypatch.setattr(bias_attention_kernels, 'INTERPRET_TILE', 64)
+
+
 @pytest.fixture(scope='module')
 def one_thread():
     """One torch thread for a module of tiny-model tests: they are all small ops, where one

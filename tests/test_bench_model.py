@@ -106,6 +106,7 @@ def test_device_peaks():
     assert model_case.device_peak_tflops('NVIDIA GeForce RTX 3090') is None
 
 
+@pytest.mark.usefixtures('large_interpreter_tiles')
 def test_attn_impl_correctness_check_on_cpu():
     report = model_case.attn_impl_correctness_check('cpu', ('flex', 'flex_dense', 'triton'))
     for diffs in report.values():

@@ -118,6 +118,7 @@ def _batch(n, **kwargs):
 
 @pytest.mark.parametrize('checkpointing', [False, True])
 @pytest.mark.parametrize('kind', ['v1_1', 'original'])
+@pytest.mark.usefixtures('large_interpreter_tiles')
 def test_model_equals_sdpa_logits_loss_and_grads(kind, checkpointing):
     sdpa, ours = _pair(kind, seed=1)
     ours.set_gradient_checkpointing(checkpointing)  # unlike FlexAttention, allowed
@@ -135,6 +136,7 @@ def test_model_equals_sdpa_logits_loss_and_grads(kind, checkpointing):
         torch.testing.assert_close(grad, p.grad, rtol=1e-4, atol=1e-6 + 1e-5 * p.grad.abs().max().item(), msg=name)
 
 
+@pytest.mark.usefixtures('large_interpreter_tiles')
 def test_both_self_attentions_run_the_kernel_and_padded_batches_sdpa(monkeypatch):
     calls = []
 
@@ -155,6 +157,7 @@ def test_both_self_attentions_run_the_kernel_and_padded_batches_sdpa(monkeypatch
     assert calls == []
 
 
+@pytest.mark.usefixtures('large_interpreter_tiles')
 def test_generation_equals_sdpa():
     sdpa, ours = _pair('v1_1', seed=5)
     sdpa.eval()
@@ -192,6 +195,7 @@ def test_without_a_gpu_the_kernel_and_the_recipe_key_refuse_clearly(monkeypatch)
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures('large_interpreter_tiles')
 def test_compiled_training_step_keeps_the_kernel_whole():
     """Under torch.compile the custom op sits in the graph (no breaks) and the step's loss and grads match."""
     torch._dynamo.reset()

@@ -6,7 +6,8 @@ guard reading its flags every batch). Since then: Composer's non-closure path, o
 gradient norm for clipping, the device-side skip flag, the multi-tensor step, device-side logging.
 On this machine the run without weight decay is bit for bit the same; with weight decay the
 decay is one multiply-add where it was a fused add (float rounding, 7e-8 after 16 microbatches).
-The compiled optimizer step (inductor's kernels) is equal to float rounding.
+The compiled optimizer step (inductor's kernels) is equal to float rounding, and so are our
+Triton kernels (the fused attention and the fused optimizer update, in Triton's interpreter).
 """
 
 from __future__ import annotations
@@ -71,3 +72,16 @@ def test_seeded_losses_are_unchanged(tmp_path):
 def test_seeded_losses_with_the_compiled_optimizer_step():
     compiled = _losses(**PLAIN, optimizer={'name': 'adamwscale', 'lr': 1e-2, 'compiled': True})
     assert compiled == pytest.approx(BEFORE['plain'], rel=1e-6, abs=0)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures('large_interpreter_tiles')
+def test_seeded_losses_with_our_triton_kernels():
+    """Our fused attention (model.attn_impl=triton) and fused optimizer update (optimizer.fused=true),
+    in Triton's interpreter on a CPU: the default run's losses, to float rounding."""
+    # Four steps and no evaluation (it does not enter the losses): the interpreter is slow.
+    short = dict(max_duration='4ba', eval_interval='100ba')
+    default = _losses(**short)
+    ours = _losses(**short, model={**tiny()['model'], 'attn_impl': 'triton'},
+                   optimizer={'name': 'adamwscale', 'lr': 1e-2, 'fused': True})
+    assert ours == pytest.approx(default, rel=1e-6, abs=0) and ours != default[:1] * 4

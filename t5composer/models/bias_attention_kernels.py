@@ -215,21 +215,28 @@ TILES = {
 }
 
 
-@functools.cache
+# The interpreter's tile edge: small, so that the kernel tests cross several blocks and their
+# ragged edges; model-level tests raise it (the interpreter runs each program in numpy, so fewer,
+# larger programs run faster).
+INTERPRET_TILE = 16
+
+
 def launchable(name: str) -> tuple:
     """The kernel ``name`` to launch and the tile sizes to pass it (none when the autotuner picks them).
 
     Args:
         name: ``'fwd'``, ``'dkdv'``, ``'dq'`` or ``'dbias'``.
     """
-    kernel = RAW[name]
     if INTERPRET:
-        # The interpreter runs every program in numpy: small tiles and one configuration, so
-        # that tests cross several blocks and their edges in seconds.
-        return kernel, {'BLOCK_M': 16, 'BLOCK_N': 16}
+        return RAW[name], {'BLOCK_M': INTERPRET_TILE, 'BLOCK_N': INTERPRET_TILE}
+    return _autotuned(name), {}
+
+
+@functools.cache
+def _autotuned(name: str):
     configs = [triton.Config({'BLOCK_M': m, 'BLOCK_N': n}, num_warps=w, num_stages=s) for m, n, w, s in TILES[name]]
     # No kernel accumulates into its outputs, so the tuner may run each one repeatedly.
-    return triton.autotune(configs=configs, key=['Lq', 'Lk', 'D'])(kernel), {}
+    return triton.autotune(configs=configs, key=['Lq', 'Lk', 'D'])(RAW[name])
 
 
 RAW = {'fwd': fwd, 'dkdv': dkdv, 'dq': dq, 'dbias': dbias}
