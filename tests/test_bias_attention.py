@@ -1,8 +1,9 @@
 """Our fused attention with a batch-shared learned bias (``attn_impl='triton'``) computes what SDPA computes.
 
 Without a GPU the Triton kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, which
-conftest.py sets before triton is first imported), in tiles of 16 so that every shape crosses
-several blocks and their ragged edges; with a GPU they run compiled. The Hopper code of every
+conftest.py sets before triton is first imported): the kernel tests in tiles of 16 so that every
+shape crosses several blocks and their ragged edges, the model-level ones in tiles of 64 (faster
+in the interpreter); with a GPU they run compiled. The Hopper code of every
 tuned tile configuration is checked without a GPU too, by compiling it here
 (``python -m bench --only kernels``).
 """
