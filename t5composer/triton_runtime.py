@@ -6,12 +6,13 @@ kernels one way; the kernel modules record which at import.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 
 import torch
 
-__all__ = ['interpreting', 'triton_problem']
+__all__ = ['on_device_of', 'interpreting', 'triton_problem']
 
 
 def interpreting() -> bool:
@@ -31,3 +32,8 @@ def triton_problem(device: torch.device | str) -> str | None:
     if kind != 'cuda' and not interpreting():
         return f'its kernels run on CUDA (a CPU only under TRITON_INTERPRET=1, for tests), not {kind}'
     return None
+
+
+def on_device_of(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Launch on ``tensor``'s GPU: Triton launches on the current device, which need not be it."""
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import torch
 
-from t5composer.triton_runtime import interpreting, triton_problem
+from t5composer.triton_runtime import interpreting, on_device_of, triton_problem
 
 __all__ = ['BIAS_ATTENTION_MAX_HEAD_DIM', 'bias_attention', 'bias_attention_problem']
 
@@ -107,11 +107,12 @@ def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) 
     def grid(meta):
         return (-(-lq // meta['BLOCK_M']), batch * heads)
 
-    kernel[grid](q, k, v, bias, out, lse,
-                 q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-                 v.stride(0), v.stride(1), v.stride(2), bias.stride(0), bias.stride(1),
-                 out.stride(0), out.stride(1), out.stride(2),
-                 heads, lq, lk, d, D=_tile_dim(d), PRECISION=_precision(q.dtype), **fixed)
+    with on_device_of(q):
+        kernel[grid](q, k, v, bias, out, lse,
+                     q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                     v.stride(0), v.stride(1), v.stride(2), bias.stride(0), bias.stride(1),
+                     out.stride(0), out.stride(1), out.stride(2),
+                     heads, lq, lk, d, D=_tile_dim(d), PRECISION=_precision(q.dtype), **fixed)
     return out, lse
 
 
@@ -136,18 +137,19 @@ def _bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
                grad_out.stride(0), grad_out.stride(1), grad_out.stride(2))
     common = {'D': _tile_dim(d), 'PRECISION': _precision(q.dtype)}
 
-    kernel, fixed = _kernel('dq')
-    kernel[lambda meta: (-(-lq // meta['BLOCK_M']), batch * heads)](
-        q, k, v, bias, grad_out, lse, delta, dq, out, *strides, dq.stride(0), dq.stride(1), dq.stride(2),
-        out.stride(0), out.stride(1), out.stride(2), heads, lq, lk, d, **common, **fixed)
-    kernel, fixed = _kernel('dkdv')
-    kernel[lambda meta: (-(-lk // meta['BLOCK_N']), batch * heads)](
-        q, k, v, bias, grad_out, lse, delta, dk, dv, *strides,
-        dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
-        heads, lq, lk, d, **common, **fixed)
-    kernel, fixed = _kernel('dbias')
-    kernel[lambda meta: (-(-lq // meta['BLOCK_M']), -(-lk // meta['BLOCK_N']), heads)](
-        q, k, v, bias, grad_out, lse, delta, dbias, *strides, batch, heads, lq, lk, d, **common, **fixed)
+    with on_device_of(q):
+        kernel, fixed = _kernel('dq')
+        kernel[lambda meta: (-(-lq // meta['BLOCK_M']), batch * heads)](
+            q, k, v, bias, grad_out, lse, delta, dq, out, *strides, dq.stride(0), dq.stride(1), dq.stride(2),
+            out.stride(0), out.stride(1), out.stride(2), heads, lq, lk, d, **common, **fixed)
+        kernel, fixed = _kernel('dkdv')
+        kernel[lambda meta: (-(-lk // meta['BLOCK_N']), batch * heads)](
+            q, k, v, bias, grad_out, lse, delta, dk, dv, *strides,
+            dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
+            heads, lq, lk, d, **common, **fixed)
+        kernel, fixed = _kernel('dbias')
+        kernel[lambda meta: (-(-lq // meta['BLOCK_M']), -(-lk // meta['BLOCK_N']), heads)](
+            q, k, v, bias, grad_out, lse, delta, dbias, *strides, batch, heads, lq, lk, d, **common, **fixed)
     return dq, dk, dv, dbias.to(bias.dtype)
 
 

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from t5composer.triton_runtime import interpreting
+from t5composer.triton_runtime import interpreting, on_device_of
 
 INTERPRET = interpreting()
 
@@ -108,10 +108,10 @@ def launch(table: torch.Tensor, tile_table: torch.Tensor, numels: torch.Tensor, 
     Args:
         aligned: every address in ``table`` is a multiple of 16 bytes.
     """
-    num_tensors = table.shape[1]
     if tile_table.shape[0] == 0:  # nothing to update (a process whose shards are all empty)
         return
-    update[(tile_table.shape[0],)](
-        table, tile_table, numels, step_sizes, decay if decay is not None else step_sizes, found if found is not None else numels,
-        num_tensors, beta1, 1.0 - beta1, beta2, 1.0 - beta2, eps,
-        HAS_DECAY=decay is not None, HAS_FOUND=found is not None, ALIGNED=aligned, BLOCK=BLOCK, num_warps=NUM_WARPS)
+    with on_device_of(table):
+        update[(tile_table.shape[0],)](
+            table, tile_table, numels, step_sizes, decay if decay is not None else step_sizes,
+            found if found is not None else numels, table.shape[1], beta1, 1.0 - beta1, beta2, 1.0 - beta2, eps,
+            HAS_DECAY=decay is not None, HAS_FOUND=found is not None, ALIGNED=aligned, BLOCK=BLOCK, num_warps=NUM_WARPS)
