@@ -92,7 +92,7 @@ def optimizer_report(*, arch: int) -> dict[str, Any]:
     """Compile adamwscale's fused update (weight decay and the skip flag on, aligned addresses) for ``sm_<arch>``."""
     from t5composer.optim import adamwscale_kernel
 
-    kernel = adamwscale_kernel.update
+    kernel = adamwscale_kernel.adamwscale_update
     pointers = {'Addresses': '*i64', 'Tiles': '*i64', 'Numels': '*i64', 'StepSizes': '*fp32', 'Decay': '*fp32', 'Found': '*i1'}
     signature, attrs = {}, {}
     for i, p in enumerate(inspect.signature(kernel.fn).parameters):

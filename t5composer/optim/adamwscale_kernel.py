@@ -39,7 +39,7 @@ def step_values(p, g, m, v, size, decay, beta1, one_minus_beta1, beta2, one_minu
 
 
 @triton.jit
-def update(Addresses, Tiles, Numels, StepSizes, Decay, Found,
+def adamwscale_update(Addresses, Tiles, Numels, StepSizes, Decay, Found,
            num_tensors, beta1, one_minus_beta1, beta2, one_minus_beta2, eps,
            HAS_DECAY: tl.constexpr, HAS_FOUND: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
     """One tile of one tensor: ``Addresses`` is ``[4, T]`` (weights, gradients, exp_avg, exp_avg_sq)."""
@@ -111,7 +111,7 @@ def launch(table: torch.Tensor, tile_table: torch.Tensor, numels: torch.Tensor, 
     if tile_table.shape[0] == 0:  # nothing to update (a process whose shards are all empty)
         return
     with on_device_of(table):
-        update[(tile_table.shape[0],)](
+        adamwscale_update[(tile_table.shape[0],)](
             table, tile_table, numels, step_sizes, decay if decay is not None else step_sizes,
             found if found is not None else numels, table.shape[1], beta1, 1.0 - beta1, beta2, 1.0 - beta2, eps,
             HAS_DECAY=decay is not None, HAS_FOUND=found is not None, ALIGNED=aligned, BLOCK=BLOCK, num_warps=NUM_WARPS)
