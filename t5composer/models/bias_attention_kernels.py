@@ -43,6 +43,12 @@ def load_bias(base, stride, row, col, Lq, Lk, BLOCK_M: tl.constexpr, BLOCK_N: tl
 
 
 @triton.jit
+def batch_and_head(H):
+    """This program's batch row (int64: it multiplies the batch stride) and head, from grid axis 1."""
+    return (tl.program_id(1) // H).to(tl.int64), tl.program_id(1) % H
+
+
+@triton.jit
 def probs(q, k, bias, lse, rows_ok, cols_ok, PRECISION: tl.constexpr):
     """Attention probabilities ``exp(q k^T + bias - lse)`` of one tile (base 2); 0 outside the matrix."""
     s = (tl.dot(q, tl.trans(k), input_precision=PRECISION) + bias) * 1.4426950408889634
@@ -52,13 +58,12 @@ def probs(q, k, bias, lse, rows_ok, cols_ok, PRECISION: tl.constexpr):
 
 @triton.jit
 def bias_attention_fwd(Q, K, V, Bias, Out, Lse,
-        sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sbh, sbm, sob, soh, som,
-        H, Lq, Lk, d,
-        D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+                       sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sbh, sbm, sob, soh, som,
+                       H, Lq, Lk, d,
+                       D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
     """Output and log-sum-exp (base 2) of one query block of one (batch row, head)."""
     row = tl.program_id(0) * BLOCK_M
-    b = (tl.program_id(1) // H).to(tl.int64)
-    h = tl.program_id(1) % H
+    b, h = batch_and_head(H)
     K += b * skb + h * skh
     V += b * svb + h * svh
     Bias += h * sbh
@@ -89,14 +94,13 @@ def bias_attention_fwd(Q, K, V, Bias, Out, Lse,
 
 @triton.jit
 def bias_attention_dkdv(Q, K, V, Bias, dO, Lse, Delta, dK, dV,
-         sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sbh, sbm, sdob, sdoh, sdom,
-         sdkb, sdkh, sdkn, sdvb, sdvh, sdvn,
-         H, Lq, Lk, d,
-         D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+                        sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sbh, sbm, sdob, sdoh, sdom,
+                        sdkb, sdkh, sdkn, sdvb, sdvh, sdvn,
+                        H, Lq, Lk, d,
+                        D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
     """dK and dV of one key block of one (batch row, head), looping over the query blocks."""
     col = tl.program_id(0) * BLOCK_N
-    b = (tl.program_id(1) // H).to(tl.int64)
-    h = tl.program_id(1) % H
+    b, h = batch_and_head(H)
     Q += b * sqb + h * sqh
     dO += b * sdob + h * sdoh
     Lse += (b * H + h) * Lq
@@ -126,17 +130,16 @@ def bias_attention_dkdv(Q, K, V, Bias, dO, Lse, Delta, dK, dV,
 
 @triton.jit
 def bias_attention_dq(Q, K, V, Bias, dO, Lse, Delta, dQ, Out,
-       sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sbh, sbm, sdob, sdoh, sdom, sdqb, sdqh, sdqm, sob, soh, som,
-       H, Lq, Lk, d,
-       D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+                      sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sbh, sbm, sdob, sdoh, sdom, sdqb, sdqh, sdqm, sob, soh, som,
+                      H, Lq, Lk, d,
+                      D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
     """dQ of one query block of one (batch row, head), looping over the key blocks.
 
     Runs first of the backward kernels: it also writes the block's ``Delta`` (the rows' ``dO . O``,
     the softmax backward's per-row term) for the other two to read.
     """
     row = tl.program_id(0) * BLOCK_M
-    b = (tl.program_id(1) // H).to(tl.int64)
-    h = tl.program_id(1) % H
+    b, h = batch_and_head(H)
     K += b * skb + h * skh
     V += b * svb + h * svh
     Bias += h * sbh
@@ -163,9 +166,9 @@ def bias_attention_dq(Q, K, V, Bias, dO, Lse, Delta, dQ, Out,
 
 @triton.jit
 def bias_attention_dbias(Q, K, V, Bias, dO, Lse, Delta, dBias,
-          sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sbh, sbm, sdob, sdoh, sdom,
-          B, H, Lq, Lk, d,
-          D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+                         sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sbh, sbm, sdob, sdoh, sdom,
+                         B, H, Lq, Lk, d,
+                         D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
     """One ``[BLOCK_M, BLOCK_N]`` tile of one head's bias gradient, summed over the batch here (no atomics)."""
     row = tl.program_id(0) * BLOCK_M
     col = tl.program_id(1) * BLOCK_N
