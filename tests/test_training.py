@@ -183,7 +183,7 @@ def test_one_message_names_a_misspelt_option_and_a_warmup_longer_than_the_run(tm
     message = capsys.readouterr().err
     assert message.startswith('error: Invalid config (2 problem(s)):\n'), message
     assert "'scheduler.t_warmup' (40ba) must be shorter than 'max_duration' (1ba); lower t_warmup or train longer." in message
-    assert "Unknown key 'optimizer.lrr'. Did you mean 'lr'? Valid keys here: betas, compiled, eps, lr, name, sharded_params, " \
+    assert "Unknown key 'optimizer.lrr'. Did you mean 'lr'? Valid keys here: betas, compiled, eps, fused, lr, name, sharded_params, " \
            "weight_decay (options of 'adamwscale')." in message
     assert not (tmp_path / 'runs').exists()
 
