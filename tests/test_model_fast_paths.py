@@ -263,3 +263,12 @@ def test_transformers5_style_config_keeps_the_architecture(kind):
     batch = make_batch(6)
     with torch.no_grad():
         assert torch.equal(a(**_model_kwargs(batch)).logits, b(**_model_kwargs(batch)).logits)
+
+
+def test_the_recipe_key_offers_every_attention_implementation():
+    """model.attn_impl's allowed values (the schema) are the model's ATTN_IMPLS, in order."""
+    import typing
+
+    from t5composer.config.schema import ModelConfig
+
+    assert typing.get_args(typing.get_type_hints(ModelConfig)['attn_impl']) == t5_module.ATTN_IMPLS
