@@ -560,3 +560,18 @@ def test_fused_step_issues_the_same_few_ops_for_any_number_of_tensors(monkeypatc
         counts[n] = ops.count
         assert len(launches) == 2  # one per group
     assert counts[10] == counts[200] < 60, counts
+
+
+def test_preflight_asks_for_a_gpu_only_for_adamwscales_fused_kernel(monkeypatch):
+    """optimizer.fused=true is our Triton kernel for adamwscale; for adamw it is torch's own fused AdamW (runs on CPU)."""
+    from pathlib import Path
+
+    from t5composer.config import ConfigError, load_config
+    from t5composer.run.preflight import preflight
+
+    monkeypatch.delenv('TRITON_INTERPRET', raising=False)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    demo = str(Path(__file__).resolve().parents[1] / 'yamls' / 'demo.yaml')
+    preflight(load_config(demo, ['optimizer.name=adamw', 'optimizer.fused=true']))
+    with pytest.raises(ConfigError, match='optimizer.fused=true cannot run here'):
+        preflight(load_config(demo, ['optimizer.fused=true']))

@@ -103,7 +103,7 @@ def preflight(cfg: TrainConfig, *, train: bool = True, dry_run_gpus: Optional[in
     # above named one of them, its trial build could only say it again.
     restated = any(m.startswith(("'optimizer.lr'", "'optimizer.weight_decay'")) for m in value_named)
     problems += optimizer_problems(o.name, lr=o.lr, weight_decay=o.weight_decay, kwargs=o.kwargs, build=not restated)
-    if o.kwargs.get('fused') is True:
+    if o.name == 'adamwscale' and o.kwargs.get('fused') is True:  # (torch's AdamW has a fused option of its own)
         problem = triton_problem('cuda' if on_gpu else 'cpu')
         if problem:
             problems.append(f'optimizer.fused=true cannot run here: {problem}. Set optimizer.fused=false.')
