@@ -70,6 +70,8 @@ def _ptxas() -> str:
 
 def attention_report(kernel: Any, name: str, tile: tuple[int, int, int, int], *, arch: int, head_dim: int) -> dict[str, Any]:
     """Compile one attention kernel at one tile configuration for ``sm_<arch>`` and read its resource use."""
+    from t5composer.models.bias_attention import tile_dim
+
     signature, attrs = {}, {}
     for i, p in enumerate(inspect.signature(kernel.fn).parameters):
         if p in _CONSTEXPRS:
@@ -82,8 +84,7 @@ def attention_report(kernel: Any, name: str, tile: tuple[int, int, int, int], *,
             if p not in _NOT_MULTIPLES_OF_16:
                 attrs[(i,)] = [['tt.divisibility', 16]]
     block_m, block_n, warps, stages = tile
-    tile_dim = max(16, 1 << (head_dim - 1).bit_length())
-    constexprs = {'D': tile_dim, 'BLOCK_M': block_m, 'BLOCK_N': block_n, 'PRECISION': None}
+    constexprs = {'D': tile_dim(head_dim), 'BLOCK_M': block_m, 'BLOCK_N': block_n, 'PRECISION': None}
     return {'kernel': name, 'tile': list(tile), 'head_dim': head_dim,
             **compile_report(kernel, signature, attrs, constexprs, warps=warps, stages=stages, arch=arch)}
 

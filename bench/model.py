@@ -55,7 +55,6 @@ import torch.nn.functional as F
 
 from bench.measure import peak_memory_mib, reset_peak_memory, sync
 from t5composer.data.span_spec import SpanCorruptionSpec
-from t5composer.models.t5 import ATTN_IMPLS
 
 HELP = "model fwd+bwd step: our T5 vs transformers' (tokens/s, step time, MFU, peak memory)"
 
@@ -370,6 +369,8 @@ COMPILE_FLAGS = {'autotune', 'cudagraphs', 'closs'}
 
 
 def _parse_variant(spec: str) -> tuple[str, set[str]]:
+    from t5composer.models.t5 import ATTN_IMPLS  # imports transformers: not when the module is imported
+
     impl, *flags = spec.strip().split('+')
     if impl != 'hf' and impl not in ATTN_IMPLS:
         raise ValueError(f"unknown model variant {spec!r}: start with hf or one of {', '.join(ATTN_IMPLS)}")

@@ -12,7 +12,7 @@ import os
 
 import torch
 
-__all__ = ['on_device_of', 'interpreting', 'triton_problem']
+__all__ = ['on_device_of', 'interpreting', 'require_mode', 'triton_problem']
 
 
 def interpreting() -> bool:
@@ -32,6 +32,18 @@ def triton_problem(device: torch.device | str) -> str | None:
     if kind != 'cuda' and not interpreting():
         return f'its kernels run on CUDA (a CPU only under TRITON_INTERPRET=1, for tests), not {kind}'
     return None
+
+
+def require_mode(interpreted: bool, what: str) -> None:
+    """Refuse to launch kernels decorated in another mode than ``TRITON_INTERPRET`` now asks for.
+
+    Args:
+        interpreted: the kernel module's ``INTERPRET``, recorded when it was imported.
+        what: the kernels, for the message.
+    """
+    if interpreted != interpreting():
+        loaded = 'interpreted' if interpreted else 'compiled'
+        raise RuntimeError(f'{what} were loaded {loaded}, and TRITON_INTERPRET has changed since; one process runs them one way.')
 
 
 def on_device_of(tensor: torch.Tensor) -> contextlib.AbstractContextManager:

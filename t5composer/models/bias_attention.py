@@ -32,14 +32,13 @@ from __future__ import annotations
 
 import torch
 
-from t5composer.triton_runtime import interpreting, on_device_of, triton_problem
+from t5composer.triton_runtime import on_device_of, require_mode, triton_problem
 
 __all__ = ['BIAS_ATTENTION_MAX_HEAD_DIM', 'bias_attention', 'bias_attention_problem']
 
 # Tiles span the head dimension padded to a power of two (at least 16, what tl.dot takes); past
 # 128 a tile of fp32 partial sums no longer fits the registers.
 BIAS_ATTENTION_MAX_HEAD_DIM = 128
-
 
 
 def bias_attention_problem(device: torch.device | str, head_dim: int) -> str | None:
@@ -58,14 +57,12 @@ def _kernel(name: str) -> tuple:
     """A kernel and its fixed tile sizes, imported on first use (needs triton)."""
     from t5composer.models import bias_attention_kernels
 
-    if bias_attention_kernels.INTERPRET != interpreting():
-        loaded = 'interpreted' if bias_attention_kernels.INTERPRET else 'compiled'
-        raise RuntimeError(f'The bias_attention kernels were loaded {loaded}, and TRITON_INTERPRET has changed since; '
-                           'one process runs them one way.')
+    require_mode(bias_attention_kernels.INTERPRET, 'The bias_attention kernels')
     return bias_attention_kernels.launchable(name)
 
 
-def _tile_dim(head_dim: int) -> int:
+def tile_dim(head_dim: int) -> int:
+    """The kernels' tile width along the head dimension: ``head_dim`` up to a power of two, at least 16."""
     return max(16, 1 << (head_dim - 1).bit_length())
 
 
@@ -112,7 +109,7 @@ def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) 
                      q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                      v.stride(0), v.stride(1), v.stride(2), bias.stride(0), bias.stride(1),
                      out.stride(0), out.stride(1), out.stride(2),
-                     heads, lq, lk, d, D=_tile_dim(d), PRECISION=_precision(q.dtype), **fixed)
+                     heads, lq, lk, d, D=tile_dim(d), PRECISION=_precision(q.dtype), **fixed)
     return out, lse
 
 
@@ -135,7 +132,7 @@ def _bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                v.stride(0), v.stride(1), v.stride(2), bias.stride(0), bias.stride(1),
                grad_out.stride(0), grad_out.stride(1), grad_out.stride(2))
-    common = {'D': _tile_dim(d), 'PRECISION': _precision(q.dtype)}
+    common = {'D': tile_dim(d), 'PRECISION': _precision(q.dtype)}
 
     with on_device_of(q):
         kernel, fixed = _kernel('dq')

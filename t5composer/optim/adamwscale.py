@@ -25,7 +25,7 @@ import torch
 from torch.optim import Optimizer
 
 from t5composer.learning_rate import check_learning_rate
-from t5composer.triton_runtime import interpreting, triton_problem
+from t5composer.triton_runtime import require_mode, triton_problem
 
 __all__ = ['AdamWScale', 'adamwscale_apply', 'adamwscale_step_sizes']
 
@@ -335,8 +335,7 @@ class AdamWScale(Optimizer):
             raise RuntimeError(f'AdamWScale(fused=True) cannot step: {problem}; set optimizer.fused=false.')
         from t5composer.optim import adamwscale_kernel as kernel
 
-        if kernel.INTERPRET != interpreting():
-            raise RuntimeError('The adamwscale kernel was loaded with TRITON_INTERPRET as it no longer is; one process runs it one way.')
+        require_mode(kernel.INTERPRET, 'The adamwscale kernels')
         device = tensors[0][0].device
         numels = tuple(p.numel() for p in tensors[0])
         cached = self._fused_tables.get(index)

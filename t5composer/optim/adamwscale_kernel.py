@@ -40,8 +40,8 @@ def step_values(p, g, m, v, size, decay, beta1, one_minus_beta1, beta2, one_minu
 
 @triton.jit
 def adamwscale_update(Addresses, Tiles, Numels, StepSizes, Decay, Found,
-           num_tensors, beta1, one_minus_beta1, beta2, one_minus_beta2, eps,
-           HAS_DECAY: tl.constexpr, HAS_FOUND: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
+                      num_tensors, beta1, one_minus_beta1, beta2, one_minus_beta2, eps,
+                      HAS_DECAY: tl.constexpr, HAS_FOUND: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
     """One tile of one tensor: ``Addresses`` is ``[4, T]`` (weights, gradients, exp_avg, exp_avg_sq)."""
     skip = 0
     if HAS_FOUND:

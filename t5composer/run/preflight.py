@@ -23,8 +23,6 @@ from t5composer.config.schema import SNIDataConfig, TrainConfig
 from t5composer.config.validation import ConfigError
 from t5composer.data.locations import is_remote
 from t5composer.data.preflight import unconverted_split_problems
-from t5composer.models.bias_attention import bias_attention_problem
-from t5composer.models.t5 import FLEX_IMPLS
 from t5composer.optim.registry import optimizer_problems
 from t5composer.tokenization import looks_like_path
 from t5composer.triton_runtime import triton_problem
@@ -150,9 +148,12 @@ def _attn_impl_problems(cfg: TrainConfig, *, on_gpu: bool) -> list[str]:
     impl = cfg.model.attn_impl
     if impl == 'sdpa':
         return []
+    # The model's module imports transformers (seconds): only runs that leave sdpa pay for it here.
+    from t5composer.models.t5 import FLEX_IMPLS
+
     problems = []
     if impl == 'triton':
-        problem = bias_attention_problem('cuda' if on_gpu else 'cpu', 0)
+        problem = triton_problem('cuda' if on_gpu else 'cpu')
         if problem:
             problems.append(f"model.attn_impl=triton cannot run here: {problem}. Set model.attn_impl=sdpa.")
     if cfg.model.dropout_rate is None or cfg.model.dropout_rate > 0:
